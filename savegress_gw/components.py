@@ -1,0 +1,299 @@
+"""The component contract: six kinds, one base class each, and the data they exchange.
+
+Every source, compressor, limiter, backpressure strategy, dead-letter queue and sink is a
+*component*: a small class with a pydantic ``Config``, a cheap ``__init__(config)`` that does no
+I/O, ``open(context)`` in the process that uses it, and an idempotent ``close()`` that flushes.
+
+Hot paths work on batches: a :class:`Batch` holds the events of one run in columns (payloads,
+keys, tables, ...), so a sink writes thousands of events with a handful of Python calls.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from savegress_gw.shared import SharedBlock
+
+KINDS = ("source", "compressor", "limiter", "backpressure", "dlq", "sink")
+"""The component kinds, in pipeline order (the dead-letter queue sits beside the sink)."""
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's ``Config``: unknown keys are errors, values are immutable.
+
+    Field docstrings become the descriptions in ``savegress-gw schema``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+@dataclass
+class Context:
+    """What a component receives in ``open()``: where it runs and what it may share.
+
+    Only plain data and shared-memory handles cross process boundaries, so a context is built
+    in the process that opens the component.
+    """
+
+    process: str
+    """``"source"`` or ``"worker-<i>"``: the process the component lives in."""
+    worker_index: int
+    """The worker's index, or -1 in the source process."""
+    log: "FilteringBoundLogger"
+    """A structlog logger bound to the process and component."""
+    profile: Any = None
+    """The validated profile (read-only), for settings outside the component's own section."""
+    shared: "SharedBlock | None" = None
+    """Float64 slots in shared memory plus a lock, when the component class asks for ``shared_slots``."""
+    compressor: "Compressor | None" = None
+    """The profile's gateway compressor, for sinks that write compressed data themselves."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Process-specific services (e.g. ``pressure`` for sources that answer callers directly)."""
+
+
+class Component(abc.ABC):
+    """Base of the six kinds. Subclasses set ``name`` (the value that selects them in a profile)."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    shared_slots: ClassVar[int] = 0
+    """Float64 slots of shared memory this component needs across processes (0 = none)."""
+
+    def __init__(self, config: ComponentConfig) -> None:
+        self.config = config
+
+    def open(self, context: Context) -> None:
+        """Acquire resources (files, sockets, clients). Called once, in the process that uses it."""
+
+    def close(self) -> None:
+        """Flush and release resources. Must be idempotent."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data exchanged between components
+
+
+@dataclass(slots=True)
+class Batch:
+    """A run of encoded events, stored as columns of equal length.
+
+    ``payloads`` are the JSON envelopes exactly as sinks write them; the other columns carry what
+    sinks route and key by, so no sink has to parse a payload on the hot path.
+    """
+
+    payloads: list[bytes]
+    """The canonical JSON envelope of each event."""
+    keys: list[str]
+    """The message key, ``table:pk`` (composite primary keys joined with ``:``)."""
+    ids: list[str]
+    operations: list[str]
+    schemas: list[str]
+    tables: list[str]
+    timestamps_ms: list[int]
+    """Event time (the envelope's ``timestamp``) in Unix milliseconds."""
+    ingest_ns: list[int]
+    """When the gateway read each event (``time.time_ns()``), for end-to-end latency."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "payloads", "keys", "ids", "operations", "schemas", "tables", "timestamps_ms", "ingest_ns",
+    )
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    @classmethod
+    def empty(cls) -> "Batch":
+        return cls([], [], [], [], [], [], [], [])
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        """The events ``start..stop`` as a new batch (columns are copied, events are not)."""
+        return Batch(*(getattr(self, c)[start:stop] for c in self.COLUMNS))
+
+    def take(self, indices: list[int]) -> "Batch":
+        """The events at ``indices`` (in that order) as a new batch."""
+        return Batch(*([getattr(self, c)[i] for i in indices] for c in self.COLUMNS))
+
+    def extend(self, other: "Batch") -> None:
+        """Append ``other``'s events to this batch."""
+        for column in self.COLUMNS:
+            getattr(self, column).extend(getattr(other, column))
+
+    def to_columns(self) -> list[list[Any]]:
+        """The columns as plain lists, for msgpack framing."""
+        return [getattr(self, c) for c in self.COLUMNS]
+
+    @classmethod
+    def from_columns(cls, columns: list[list[Any]]) -> "Batch":
+        return cls(*columns)
+
+
+@dataclass(slots=True)
+class SourceBatch:
+    """What a source read: events as envelope dicts, and the position after the last of them.
+
+    ``position`` is opaque to the core (an LSN, a file offset, a request sequence) and must be
+    plain data (JSON and msgpack encodable); it is handed back to ``Source.commit`` once every
+    event up to it has been delivered or parked in the dead-letter queue.
+    """
+
+    events: list[dict[str, Any]]
+    position: Any = None
+
+
+class Status(enum.Enum):
+    """How a sink ended a send, following Vector's delivery states."""
+
+    DELIVERED = "delivered"
+    """Durably accepted by the destination."""
+    ERRORED = "errored"
+    """A transient failure: the pipeline retries with backoff."""
+    REJECTED = "rejected"
+    """The destination will never accept these events: they go to the dead-letter queue."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one ``Sink.send`` call.
+
+    ``failed`` lists the indices (in the sent batch) that did not make it; empty means the status
+    applies to the whole batch. With ``DELIVERED`` and a non-empty ``failed``, the listed events
+    failed with ``failed_status`` and the rest were delivered.
+    """
+
+    status: Status
+    reason: str = ""
+    failed: list[int] = field(default_factory=list)
+    failed_status: Status = Status.ERRORED
+    retry_after_s: float | None = None
+    """A destination's own hint (``Retry-After``, throttle time) for when to try again."""
+
+
+@dataclass(slots=True)
+class Compressed:
+    """A compressed payload and the encoding actually used (``identity`` when left as is)."""
+
+    data: bytes
+    encoding: str
+
+
+# ---------------------------------------------------------------------------------------------
+# The six kinds
+
+
+class Source(Component):
+    """Reads events from the outside world, in the source process.
+
+    Contract: ``read`` returns events in source order with non-decreasing positions; the core
+    calls ``commit(position)`` only when every event up to that position has been delivered or
+    parked, and calls ``commit`` with positions in the order ``read`` returned them.
+    """
+
+    kind = "source"
+
+    @abc.abstractmethod
+    def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
+        """Return up to ``max_events`` events, waiting at most ``timeout_s``; ``None`` if none came."""
+
+    def commit(self, position: Any) -> None:
+        """Everything up to and including ``position`` is delivered or parked: confirm it upstream."""
+
+    def pause(self) -> None:
+        """Backpressure engaged: stop taking new events (e.g. answer 429) until ``resume``."""
+
+    def resume(self) -> None:
+        """Backpressure released."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing left to read (the gateway then drains and stops)."""
+        return False
+
+
+class Compressor(Component):
+    """Compresses what the gateway itself writes (file segments, webhook bodies, spill, DLQ)."""
+
+    kind = "compressor"
+
+    @abc.abstractmethod
+    def compress(self, data: bytes) -> Compressed:
+        """Compress ``data``; the result names the encoding used so a reader can undo it."""
+
+
+class Limiter(Component):
+    """Rate limit, global across workers when it uses shared memory."""
+
+    kind = "limiter"
+
+    @abc.abstractmethod
+    def acquire(self, count: int) -> float:
+        """Take ``count`` permits: return 0.0 to go now, or the seconds to wait before asking again."""
+
+    def observe_latency(self, seconds: float) -> None:
+        """Delivery latency of a batch just acknowledged (adaptive limiters steer by it)."""
+
+
+class Backpressure(Component):
+    """Decides, from buffer utilization, what the source process does with new events."""
+
+    kind = "backpressure"
+
+    @abc.abstractmethod
+    def update(self, utilization: float) -> bool:
+        """Feed the current buffer utilization (0..1); return True while backpressure is engaged."""
+
+    action: ClassVar[str] = "pause"
+    """While engaged: ``pause`` the source, ``drop_newest`` new events, or ``drop_oldest`` buffered ones."""
+
+
+class DeadLetterQueue(Component):
+    """Parks events that the sink rejected or that exhausted their retries."""
+
+    kind = "dlq"
+
+    @abc.abstractmethod
+    def put(self, batch: Batch, reason: str, attempts: int, origin: str) -> None:
+        """Durably store every event of ``batch`` with the failure ``reason``; raise if it cannot."""
+
+
+DeliveryCallback = Callable[[Outcome], None]
+
+
+class Sink(Component):
+    """Delivers batches to a destination and reports each send's outcome exactly once.
+
+    Contract: ``send`` must not block for long; the outcome arrives through ``done`` (from
+    ``send`` itself or from a later ``poll``). An event counts as delivered only when ``done``
+    says so: the pipeline acknowledges upstream on nothing else.
+    """
+
+    kind = "sink"
+
+    @abc.abstractmethod
+    def send(self, batch: Batch, done: DeliveryCallback) -> None:
+        """Start delivering ``batch``; call ``done`` once with the outcome."""
+
+    def poll(self, timeout_s: float) -> None:
+        """Serve pending delivery reports, waiting at most ``timeout_s``."""
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every send has reported; return False if ``timeout_s`` passed first."""
+        return True
+
+
+KIND_BASES: dict[str, type[Component]] = {
+    "source": Source,
+    "compressor": Compressor,
+    "limiter": Limiter,
+    "backpressure": Backpressure,
+    "dlq": DeadLetterQueue,
+    "sink": Sink,
+}

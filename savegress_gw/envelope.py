@@ -1,0 +1,134 @@
+"""The canonical Savegress event envelope, and encoding events into a :class:`Batch`.
+
+Envelope (``spec/reference.md`` 2.5): ``id, source, schema, table, operation, timestamp,
+transaction_id, position, before, after, metadata``. Sources hand the source process plain dicts;
+:func:`normalize` checks them and fills in what a client left out (``id``, ``timestamp``), and
+:func:`encode` turns a list of them into the columns sinks work on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from savegress_gw.components import Batch
+
+OPERATIONS = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "TRUNCATE", "DDL", "BEGIN", "COMMIT", "SNAPSHOT", "HEARTBEAT"}
+)
+ENVELOPE_FIELDS = (
+    "id", "source", "schema", "table", "operation", "timestamp", "transaction_id", "position",
+    "before", "after", "metadata",
+)
+_ROW_FIELDS = ("before", "after")
+
+
+class EnvelopeError(ValueError):
+    """An event that is not a valid envelope; the message names the field and the problem."""
+
+
+_ids = itertools.count(1)
+_id_prefix = f"evt-{os.getpid():x}-{time.time_ns() // 1_000_000:x}-"
+
+
+def new_event_id() -> str:
+    """A unique event id: ``evt-<pid>-<start ms>-<counter>`` (hex), cheap enough for every event."""
+    return f"{_id_prefix}{next(_ids):x}"
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 UTC with microseconds, the envelope's timestamp format."""
+    return format_timestamp(time.time_ns())
+
+
+def format_timestamp(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+
+
+def timestamp_ms(value: str) -> int:
+    """Unix milliseconds of an ISO 8601 timestamp (``Z`` or an offset; naive means UTC)."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def normalize(event: Any, default_source: str) -> dict[str, Any]:
+    """Check one event against the envelope and fill in ``id``, ``timestamp`` and ``source``.
+
+    Accepts lowercase operations and the add-ons' ``type`` as an alias of ``operation``. Raises
+    :class:`EnvelopeError` for anything a sink could not deliver faithfully.
+    """
+    if not isinstance(event, dict):
+        raise EnvelopeError(f"an event must be a JSON object, got {_json_type(event)}")
+    unknown = set(event) - set(ENVELOPE_FIELDS) - {"type", "ddl_type", "ddl_command"}
+    if unknown:
+        raise EnvelopeError(f"unknown field(s) {', '.join(sorted(unknown))}; an event has {', '.join(ENVELOPE_FIELDS)}")
+    event = dict(event)
+    operation = event.pop("type", None) if "operation" not in event else event.get("operation")
+    if not isinstance(operation, str) or operation.upper() not in OPERATIONS:
+        raise EnvelopeError(f"operation {operation!r} is not one of {', '.join(sorted(OPERATIONS))}")
+    event["operation"] = operation.upper()
+    table = event.get("table")
+    if event["operation"] not in ("BEGIN", "COMMIT", "HEARTBEAT") and (not isinstance(table, str) or not table):
+        raise EnvelopeError("table is required (a non-empty string)")
+    for field in _ROW_FIELDS:
+        if event.get(field) is not None and not isinstance(event[field], dict):
+            raise EnvelopeError(f"{field} must be an object or null, got {_json_type(event[field])}")
+    if event.get("metadata") is not None and not isinstance(event["metadata"], dict):
+        raise EnvelopeError(f"metadata must be an object, got {_json_type(event['metadata'])}")
+    if event.get("id") is None:
+        event["id"] = new_event_id()
+    elif not isinstance(event["id"], str):
+        event["id"] = str(event["id"])
+    if event.get("timestamp") is None:
+        event["timestamp"] = now_iso()
+    else:
+        try:
+            timestamp_ms(event["timestamp"])
+        except (TypeError, ValueError):
+            raise EnvelopeError(f"timestamp {event['timestamp']!r} is not ISO 8601") from None
+    event.setdefault("source", default_source)
+    return event
+
+
+def message_key(event: dict[str, Any]) -> str:
+    """``table:pk``: the primary key from ``metadata.primary_key`` (column names), else ``id``.
+
+    Composite keys are joined with ``:``. An event without a usable key is keyed by its event id,
+    so it still lands in exactly one lane.
+    """
+    table = event.get("table") or ""
+    row = event.get("after") or event.get("before") or {}
+    columns = (event.get("metadata") or {}).get("primary_key") or ("id",)
+    values = [row.get(c) for c in columns]
+    if not row or any(v is None for v in values):
+        return f"{table}:{event['id']}"
+    return table + ":" + ":".join(str(v) for v in values)
+
+
+def encode(events: list[dict[str, Any]], ingest_ns: int) -> Batch:
+    """Encode normalized events: JSON payloads plus the routing columns."""
+    payloads = [orjson.dumps(e) for e in events]
+    return Batch(
+        payloads=payloads,
+        keys=[message_key(e) for e in events],
+        ids=[e["id"] for e in events],
+        operations=[e["operation"] for e in events],
+        schemas=[e.get("schema") or "" for e in events],
+        tables=[e.get("table") or "" for e in events],
+        timestamps_ms=[timestamp_ms(e["timestamp"]) for e in events],
+        ingest_ns=[ingest_ns] * len(events),
+    )
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
