@@ -198,6 +198,8 @@ class Source(Component):
     """
 
     kind = "source"
+    trusted: ClassVar[bool] = False
+    """True when ``read`` already returns normalized envelopes, so the core skips ``normalize``."""
 
     @abc.abstractmethod
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
@@ -242,16 +244,48 @@ class Limiter(Component):
 
 
 class Backpressure(Component):
-    """Decides, from buffer utilization, what the source process does with new events."""
+    """Decides, from buffer utilization, what the source process does with new events.
+
+    Hysteresis: ``update`` engages backpressure when utilization reaches ``high_watermark`` and
+    releases it only when utilization falls to ``low_watermark``, so it does not flap around one
+    threshold. Strategies differ in ``action`` only; one that overrides ``open`` must call
+    ``super().open(context)``.
+    """
 
     kind = "backpressure"
 
-    @abc.abstractmethod
-    def update(self, utilization: float) -> bool:
-        """Feed the current buffer utilization (0..1); return True while backpressure is engaged."""
-
     action: ClassVar[str] = "pause"
     """While engaged: ``pause`` the source, ``drop_newest`` new events, or ``drop_oldest`` buffered ones."""
+
+    def __init__(self, config: ComponentConfig) -> None:
+        super().__init__(config)
+        self.high_watermark = 0.8
+        """Utilization at which backpressure engages (``backpressure.high_watermark``)."""
+        self.low_watermark = 0.4
+        """Utilization at which it releases (``backpressure.low_watermark``)."""
+        self.activations = 0
+        """How many times backpressure engaged (``savegress_backpressure_events_total``)."""
+        self._engaged = False
+
+    def open(self, context: Context) -> None:
+        """Read the watermarks from ``backpressure`` in the profile (defaults 0.8/0.4 without one)."""
+        if context.profile is not None:
+            section = context.profile.backpressure
+            self.high_watermark, self.low_watermark = section.high_watermark, section.low_watermark
+
+    @property
+    def engaged(self) -> bool:
+        """True while backpressure is engaged."""
+        return self._engaged
+
+    def update(self, utilization: float) -> bool:
+        """Feed the current buffer utilization (0..1); return True while backpressure is engaged."""
+        if self._engaged:
+            self._engaged = utilization > self.low_watermark
+        elif utilization >= self.high_watermark:
+            self._engaged = True
+            self.activations += 1
+        return self._engaged
 
 
 class DeadLetterQueue(Component):

@@ -49,6 +49,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -316,13 +317,39 @@ def kafka_uuid() -> str:
             return text
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now (held open while choosing)."""
-    sockets: list[socket.socket] = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _candidate_ports() -> list[int]:
+    """Shuffled ports in 10000-59999 outside the ephemeral range, so that a node restarted
+    later does not find its port taken by some client's outgoing connection."""
+    low, high = _ephemeral_range()
+    ports = [p for p in range(10000, 60000) if not low <= p <= high]
+    random.shuffle(ports)
+    return ports
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now (held open while choosing).
+
+    Prefers ports outside the ephemeral range; falls back to kernel-assigned ones.
+    """
+    sockets: list[socket.socket] = []
+    candidates = iter(_candidate_ports())
+    try:
+        while len(sockets) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", next(candidates, 0)))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:
@@ -458,8 +485,20 @@ def server_properties(
     return props
 
 
+def _escape_property(value: str) -> str:
+    """Escape for java.util.Properties.load(InputStream): ISO-8859-1 with \\uXXXX escapes."""
+    out = []
+    for char in value.replace("\\", "\\\\"):
+        if " " <= char <= "~":
+            out.append(char)
+            continue
+        encoded = char.encode("utf-16-be")
+        out.extend(f"\\u{encoded[i:i + 2].hex()}" for i in range(0, len(encoded), 2))
+    return "".join(out)
+
+
 def _properties_text(props: Mapping[str, str]) -> str:
-    return "".join(f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in props.items())
+    return "".join(f"{key}={_escape_property(value)}\n" for key, value in props.items())
 
 
 LOG4J2_PROPERTIES = """\
@@ -678,10 +717,20 @@ class LocalKafkaCluster:
     def start(self, timeout: float | None = None) -> LocalKafkaCluster:
         """Format (if new) and start every node, then wait until the cluster is ready.
 
-        Raises KafkaStartError (after stopping the nodes) if it is not ready in time.
+        Raises KafkaStartError (after stopping the nodes) if it is not ready in time. A new
+        cluster on auto-picked ports that lost a port race is retried once on other ports.
         """
         libs = find_cached(self.version, self.cache) or fetch(self.version, self.cache)
-        self._state = self._prepare_state(libs)
+        resumed = self._prepare_state(libs, force_fresh=False)
+        try:
+            return self._start_nodes(timeout)
+        except KafkaStartError:
+            if resumed or self.base_port is not None or not self._port_race_lost():
+                raise
+        self._prepare_state(libs, force_fresh=True)
+        return self._start_nodes(timeout)
+
+    def _start_nodes(self, timeout: float | None) -> LocalKafkaCluster:
         self._write_configs()
         self._format_all()
         if not self.detach:
@@ -695,15 +744,24 @@ class LocalKafkaCluster:
             raise
         return self
 
-    def _prepare_state(self, libs: FetchResult) -> ClusterState:
-        """Resume a compatible stopped cluster in ``directory`` or lay out a fresh one."""
+    def _port_race_lost(self) -> bool:
+        """True if a node's log says one of its ports was taken (BindException)."""
+        return any(
+            "Address already in use" in _tail(self.log_path(node_id), 400)
+            for node_id in self.node_ids
+        )
+
+    def _prepare_state(self, libs: FetchResult, *, force_fresh: bool) -> bool:
+        """Resume a compatible stopped cluster in ``directory`` (returns True) or lay out a
+        fresh one (returns False); sets ``self._state`` either way."""
         self.directory.mkdir(parents=True, exist_ok=True)
         previous = self._load_previous()
-        if previous is not None and self._compatible(previous, libs):
+        if previous is not None and not force_fresh and self._compatible(previous, libs):
             previous.libs = str(libs.libs)
-            return previous
+            self._state = previous
+            return True
         self._wipe()
-        return ClusterState(
+        self._state = ClusterState(
             kafka_version=libs.version,
             libs=str(libs.libs),
             cluster_id=kafka_uuid(),
@@ -711,6 +769,7 @@ class LocalKafkaCluster:
             heap=self.heap,
             nodes=allocate_nodes(self.node_count, self.base_port, self.sasl_plain),
         )
+        return False
 
     def _load_previous(self) -> ClusterState | None:
         path = self.directory / CLUSTER_FILE
@@ -967,7 +1026,7 @@ class LocalKafkaCluster:
         """Until cluster metadata lists every broker in ``expected``."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.client_config())
+        admin = AdminClient(_internal(self.client_config()))
         seen: set[int] = set()
         while True:
             for node_id in expected:
@@ -997,7 +1056,7 @@ class LocalKafkaCluster:
         """Until the SASL listener authenticates the configured user."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.client_config(sasl=True))
+        admin = AdminClient(_internal(self.client_config(sasl=True)))
         while True:
             with contextlib.suppress(Exception):
                 if set(self.node_ids) <= set(admin.list_topics(timeout=5).brokers):
@@ -1010,7 +1069,7 @@ class LocalKafkaCluster:
         """Until ``node_id`` is in the ISR of every partition whose replicas include it."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.client_config())
+        admin = AdminClient(_internal(self.client_config()))
         deadline = time.monotonic() + timeout
         lagging: list[str] = []
         while True:
@@ -1033,6 +1092,11 @@ def _confluent_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _internal(config: Mapping[str, str]) -> dict[str, Any]:
+    """Config for this module's own short-lived clients: librdkafka info chatter off."""
+    return {**config, "log_level": 4}
 
 
 def _remaining(deadline: float, cap: float) -> float:
@@ -1061,7 +1125,7 @@ def _ensure_topic(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(dict(config))
+    admin = AdminClient(_internal(config))
     new = NewTopic(topic, partitions, replication, config={"min.insync.replicas": str(min_isr)})
     while True:
         future = admin.create_topics([new], request_timeout=_remaining(deadline, 15))[topic]
@@ -1083,7 +1147,7 @@ def _produce_probe(
 
     errors: list[str] = []
     timeout_ms = int(_remaining(deadline, 120) * 1000)
-    producer = Producer({**config, "acks": "all", "message.timeout.ms": timeout_ms})
+    producer = Producer({**_internal(config), "acks": "all", "message.timeout.ms": timeout_ms})
     for partition in range(partitions):
         producer.produce(
             topic,
@@ -1102,7 +1166,7 @@ def _consume_probe(
 
     consumer = Consumer(
         {
-            **config,
+            **_internal(config),
             "group.id": f"savegress-ready-{token}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

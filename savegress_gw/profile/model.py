@@ -136,7 +136,7 @@ def _build(key: tuple, registry: Registry) -> type[ProfileBase]:
         if spec.absent_means_off:
             fields[spec.key] = (union | None, None)
         else:
-            fields[spec.key] = (union, Field(default_factory=lambda spec=spec: {}))
+            fields[spec.key] = (union, Field(default_factory=dict, validate_default=True))
     model = create_model("Profile", __base__=ProfileBase, **fields)
     _models[key] = model
     return model

@@ -1,0 +1,203 @@
+"""The worker's hot loop: ring frames → batches → rate limit → sink → acknowledgements.
+
+Bookkeeping is by event index in the worker's stream: every event read from the ring gets the
+next index, every batch covers a contiguous index range, and a frame is acknowledged in the ring
+once every index up to its last event is delivered (or, for rejected events, dropped and counted;
+the dead-letter queue takes them in a later issue). Sends complete out of order; acknowledgements
+never do. A batch that failed transiently is retried with backoff (``retry.*``) before any newer
+batch is sent, so per-key order holds through retries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import msgpack
+
+from savegress_gw.batching import Batcher
+from savegress_gw.components import Batch, Limiter, Outcome, Sink, Status
+from savegress_gw.metrics import ProcessMetrics
+from savegress_gw.profile.settings import RetrySettings
+from savegress_gw.retry import Backoff
+from savegress_gw.ring import Ring
+
+LATENCY_SAMPLES = 8
+"""Events per batch whose latency is measured; each stands for its share of the batch."""
+
+
+def encode_frame(batch: Batch) -> bytes:
+    return msgpack.packb(batch.to_columns(), use_bin_type=True)
+
+
+def decode_frame(payload: bytes) -> Batch:
+    return Batch.from_columns(msgpack.unpackb(payload, raw=False))
+
+
+@dataclass
+class _Send:
+    """A batch handed to the sink and not yet settled."""
+
+    start: int
+    end: int
+    batch: Batch
+    backoff: Backoff
+    due: float = 0.0
+
+
+class Pipeline:
+    """One worker's pipeline. Call :meth:`step` from the work loop until :meth:`settled`."""
+
+    def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
+                 metrics: ProcessMetrics, log: object) -> None:
+        self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
+        self.retry_settings, self.metrics, self.log = retry, metrics, log
+        self.read_index = 0
+        self.sent_index = 0
+        self.delivered_upto = 0
+        self._frames: deque[tuple[int, int]] = deque()  # (end index, ring offset after the frame)
+        self._done: dict[int, int] = {}  # settled ranges start → end, waiting for the ones before
+        self._outcomes: deque[tuple[_Send, Outcome]] = deque()
+        self._retries: list[_Send] = []
+        self._held: Batch | None = None  # taken from the batcher, waiting for the rate limiter
+        self._held_until = 0.0
+        self._inflight = 0
+
+    # ------------------------------------------------------------------ the loop body
+
+    def step(self, now: float, draining: bool = False) -> bool:
+        """Do one round of work; return True if anything happened (else the caller may idle)."""
+        worked = self._read(now)
+        worked |= self._send_retries(now)
+        if not self._retries:
+            worked |= self._send_new(now, force=draining)
+        self.sink.poll(0)
+        worked |= self._settle(now)
+        return worked
+
+    def settled(self) -> bool:
+        """Nothing unread, pending, held, in flight or waiting for a retry."""
+        return not (self.ring.unread or len(self.batcher) or self._held or self._inflight or self._retries)
+
+    def idle_deadline(self) -> float | None:
+        """The next moment something becomes due without new input (batch timeout or retry)."""
+        deadlines = [s.due for s in self._retries]
+        if (d := self.batcher.next_deadline()) is not None:
+            deadlines.append(d)
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------------ stages
+
+    def _read(self, now: float) -> bool:
+        frames = self.ring.read(max_frames=64)
+        for frame in frames:
+            batch = decode_frame(frame.payload)
+            self.batcher.add(batch, now)
+            self.read_index += len(batch)
+            self._frames.append((self.read_index, frame.end))
+        return bool(frames)
+
+    def _send_new(self, now: float, force: bool) -> bool:
+        worked = False
+        while True:
+            batch = self._held or self.batcher.take(now, force=force)
+            if batch is None:
+                return worked
+            if self.limiter is not None and self._held is None:
+                wait = self.limiter.acquire(len(batch))
+                if wait > 0:
+                    self._held = batch
+                    self._held_until = now + wait
+                    return worked
+            elif self._held is not None:
+                if now < self._held_until or (self.limiter and self.limiter.acquire(len(batch)) > 0):
+                    return worked
+                self._held = None
+            start = self.sent_index
+            self.sent_index += len(batch)
+            self._send(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)))
+            worked = True
+
+    def _send_retries(self, now: float) -> bool:
+        due = [s for s in self._retries if s.due <= now]
+        for send in due:
+            self._retries.remove(send)
+            self._send(send)
+        return bool(due)
+
+    def _send(self, send: _Send) -> None:
+        self._inflight += 1
+        self.metrics.inc("batches_sent_total")
+        try:
+            self.sink.send(send.batch, lambda outcome, send=send: self._outcomes.append((send, outcome)))
+        except Exception as exc:  # a sink that raises instead of reporting: treat as a transient failure
+            self._outcomes.append((send, Outcome(Status.ERRORED, f"{type(exc).__name__}: {exc}")))
+
+    def _settle(self, now: float) -> bool:
+        worked = bool(self._outcomes)
+        while self._outcomes:
+            send, outcome = self._outcomes.popleft()
+            self._inflight -= 1
+            if outcome.status is Status.DELIVERED and not outcome.failed:
+                self._delivered(send.batch, now)
+                self._complete(send.start, send.end)
+                continue
+            failed, status = self._failed_part(send.batch, outcome)
+            delivered = len(send.batch) - len(failed)
+            if delivered:
+                self._delivered(send.batch.take(sorted(set(range(len(send.batch))) - set(outcome.failed))), now)
+            self.metrics.inc("sink_errors_total")
+            send.backoff.failed()
+            if status is Status.REJECTED:
+                self._reject(failed, outcome.reason, send.backoff.attempts)
+                self._complete(send.start, send.end)
+                continue
+            delay = send.backoff.next_delay(outcome.retry_after_s)
+            self.log.warning("sink send failed, retrying", reason=outcome.reason, events=len(failed),
+                             attempt=send.backoff.attempts, retry_in_s=round(delay, 3))
+            send.batch, send.due = failed, now + delay
+            self._retries.append(send)
+        self._acknowledge()
+        return worked
+
+    @staticmethod
+    def _failed_part(batch: Batch, outcome: Outcome) -> tuple[Batch, Status]:
+        if outcome.failed:
+            return batch.take(outcome.failed), outcome.failed_status
+        return batch, outcome.status
+
+    def _reject(self, batch: Batch, reason: str, attempts: int) -> None:
+        # Without a dead-letter queue (issue 4) rejected events are dropped, counted and logged by id.
+        self.metrics.inc("events_dropped_total", len(batch), label="rejected")
+        self.log.error("sink rejected events; no dead-letter queue is configured, dropping them",
+                       reason=reason, attempts=attempts, events=len(batch), event_ids=batch.ids[:20])
+
+    def _delivered(self, batch: Batch, now: float) -> None:
+        self.metrics.inc("events_processed_total", len(batch))
+        n = len(batch)
+        step = max(1, n // LATENCY_SAMPLES)
+        now_ns = time.time_ns()
+        worst = 0.0
+        samples = batch.ingest_ns[::step]
+        for ingest in samples:
+            latency = (now_ns - ingest) / 1e9
+            worst = max(worst, latency)
+            self.metrics.observe("event_latency_histogram_seconds", latency, n / len(samples))
+        if self.limiter is not None:
+            self.limiter.observe_latency(worst)
+        self.batcher.observe_latency(worst, now)
+
+    def _complete(self, start: int, end: int) -> None:
+        self._done[start] = end
+        while self.delivered_upto in self._done:
+            self.delivered_upto = self._done.pop(self.delivered_upto)
+
+    def _acknowledge(self) -> None:
+        count = 0
+        offset = 0
+        while self._frames and self._frames[0][0] <= self.delivered_upto:
+            _, offset = self._frames.popleft()
+            count += 1
+        if count:
+            self.ring.ack(offset, count)

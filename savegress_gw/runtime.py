@@ -1,0 +1,83 @@
+"""What the supervisor hands its children, and what every child does first.
+
+Only plain data and shared-memory handles cross the process boundary: the merged profile as a
+dict (each child validates it again against its own plugin registry), the ring names, and the
+shared arrays for heartbeats, metrics and components. Errors travel back as strings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from savegress_gw.metrics import MetricsBlock, ProcessMetrics
+from savegress_gw.plugins import GatewayPluginManager, Registry, collect_components, get_plugin_manager
+from savegress_gw.profile.model import ProfileBase, validate_profile
+from savegress_gw.shared import SharedBlock
+
+SOURCE_SLOT = 0
+"""Heartbeat and metrics row of the source process; worker ``i`` uses row ``i + 1``."""
+
+
+@dataclass
+class ChildArgs:
+    """Everything a child process needs, picklable for the spawn start method."""
+
+    profile_data: dict[str, Any]
+    ring_names: list[str]
+    heartbeats: Any
+    """RawArray of float64: monotonic time of each child's last heartbeat (0 while booting)."""
+    metrics: MetricsBlock
+    messages: Any
+    """A queue of ``(kind, child name, text)`` tuples back to the supervisor."""
+    shared: dict[str, SharedBlock] = field(default_factory=dict)
+    """Shared blocks by component kind, for components that declare ``shared_slots``."""
+    index: int = -1
+    parent_pid: int = 0
+
+
+@dataclass
+class ChildRuntime:
+    """A booted child: its validated profile, registry, metrics row and heartbeat slot."""
+
+    args: ChildArgs
+    name: str
+    slot: int
+    profile: ProfileBase
+    registry: Registry
+    metrics: ProcessMetrics
+    plugins: GatewayPluginManager
+
+    def beat(self, now: float | None = None) -> None:
+        """Record that the work loop is alive (called by the loop itself, never by a side thread)."""
+        self.args.heartbeats[self.slot] = time.monotonic() if now is None else now
+
+    def orphaned(self) -> bool:
+        """True when the supervisor is gone (the child must then stop)."""
+        return os.getppid() != self.args.parent_pid
+
+    def report(self, kind: str, text: str) -> None:
+        self.args.messages.put((kind, self.name, text))
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no child outlives the supervisor."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the work loops also check orphaned()
+        pass
+
+
+def boot_child(args: ChildArgs, name: str, slot: int) -> ChildRuntime:
+    """Common start of every child: die with the parent, ignore SIGINT, rebuild registry and profile."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group; the supervisor decides
+    plugins = get_plugin_manager()
+    registry = collect_components(plugins)
+    profile = validate_profile(args.profile_data, registry).profile
+    return ChildRuntime(args, name, slot, profile, registry, args.metrics.row(slot), plugins)

@@ -1,0 +1,298 @@
+"""The source process: read, filter, encode, route into worker rings, commit what was delivered.
+
+Events are spread over lanes by message key (``table:pk``), lanes over workers, so every key
+always goes to the same worker and keeps its order. Each read batch remembers how many of its
+events are still in flight; when the workers acknowledge their frames, fully delivered batches
+are committed to the source *in read order* and checkpointed every ``checkpoint.interval``.
+
+Utilization = (events in flight + events staged for a full ring) / ``buffer.size``. Backpressure
+engages at ``high_watermark`` and releases at ``low_watermark``; at a full buffer the overflow
+policy applies (``block``, ``drop_newest``, ``drop_oldest``). Every drop is counted by reason.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import traceback
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from savegress_gw.assembly import instantiate
+from savegress_gw.checkpoint import CheckpointStore
+from savegress_gw.components import Backpressure, Batch, Context, Source
+from savegress_gw.envelope import EnvelopeError, encode, normalize
+from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from savegress_gw.filters import TableFilter
+from savegress_gw.logs import configure_logging
+from savegress_gw.pipeline import encode_frame
+from savegress_gw.ring import FrameTooLarge, Ring, RingFull
+from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, boot_child
+
+READ_CHUNK = 2048
+"""Most events asked of the source per read."""
+
+
+@dataclass(eq=False)
+class _ReadBatch:
+    position: Any
+    remaining: int
+
+
+@dataclass
+class _Frame:
+    payload: bytes
+    events: int
+    read: _ReadBatch
+
+
+@dataclass
+class _Lane:
+    """One worker's ring, as seen by the producer."""
+
+    ring: Ring
+    staged: deque[_Frame] = field(default_factory=deque)
+    sent: deque[_Frame] = field(default_factory=deque)
+    baseline: int = 0
+    """``frames_acked`` that count: frames of an earlier source process are not ours."""
+
+
+class Router:
+    """Everything between ``source.read`` and the rings, plus commits. One per source process."""
+
+    def __init__(self, runtime: ChildRuntime, source: Source, backpressure: Backpressure | None,
+                 checkpoint: CheckpointStore, lanes: list[_Lane], log: Any) -> None:
+        profile = runtime.profile
+        self.runtime, self.source, self.backpressure, self.checkpoint = runtime, source, backpressure, checkpoint
+        self.lanes, self.log, self.metrics = lanes, log, runtime.metrics
+        self.capacity = profile.buffer.size
+        self.policy = profile.buffer.policy
+        self.lane_count = profile.parallel.table_parallelism
+        self.filter = TableFilter(profile.source.tables, profile.source.exclude_tables, profile.source.columns)
+        self.source_name = profile.source.type
+        self.reads: deque[_ReadBatch] = deque()
+        self.inflight = 0
+        self.staged = 0
+        self.committed: Any = None
+        self.paused = False
+
+    # ------------------------------------------------------------------ accounting
+
+    @property
+    def utilization(self) -> float:
+        return (self.inflight + self.staged) / self.capacity
+
+    @property
+    def idle(self) -> bool:
+        return not self.reads and not self.inflight and not self.staged
+
+    def collect_acks(self) -> None:
+        """Release frames the workers acknowledged; commit read batches that are fully delivered."""
+        for lane in self.lanes:
+            acked = lane.ring.frames_acked - lane.baseline
+            while acked > 0 and lane.sent:
+                frame = lane.sent.popleft()
+                frame.read.remaining -= frame.events
+                self.inflight -= frame.events
+                lane.baseline += 1
+                acked -= 1
+        self._commit()
+
+    def _commit(self) -> None:
+        position = None
+        while self.reads and self.reads[0].remaining <= 0:
+            position = self.reads.popleft().position
+        if position is not None:
+            self.source.commit(position)
+            self.committed = position
+
+    # ------------------------------------------------------------------ reading
+
+    def pump(self, stopping: bool) -> bool:
+        """One round: flush staged frames, apply backpressure, read and route. True if it read."""
+        self._flush_staged()
+        engaged = self.backpressure.update(self.utilization) if self.backpressure else False
+        action = self.backpressure.action if engaged else None
+        if engaged and self.backpressure.activations != getattr(self, "_activations", 0):
+            self._activations = self.backpressure.activations
+            self.metrics.inc("backpressure_events_total")
+        self._pause(action == "pause" or stopping)
+        full = self.utilization >= 1.0
+        if stopping or action == "pause" or (full and self.policy == "block") or self.source.exhausted:
+            return False
+        room = self.capacity - self.inflight - self.staged
+        want = READ_CHUNK if full or action else max(1, min(READ_CHUNK, room))
+        timeout = 0.002 if self.inflight else 0.05
+        batch = self.source.read(want, timeout)
+        if batch is None or not batch.events and batch.position is None:
+            return False
+        self._route(batch.events, batch.position, drop_newest=action == "drop_newest" or (
+            full and self.policy == "drop_newest"))
+        if action == "drop_oldest" or (self.utilization > 1.0 and self.policy == "drop_oldest"):
+            self._drop_oldest()
+        self._flush_staged()
+        return True
+
+    def _pause(self, pause: bool) -> None:
+        if pause != self.paused:
+            self.paused = pause
+            (self.source.pause if pause else self.source.resume)()
+
+    def _route(self, events: list[dict[str, Any]], position: Any, drop_newest: bool) -> None:
+        read = _ReadBatch(position, 0)
+        self.reads.append(read)
+        if drop_newest:
+            self.metrics.inc("events_dropped_total", len(events), label="drop_newest")
+            return
+        kept = self.filter.apply(events)
+        if len(kept) != len(events):
+            self.metrics.inc("events_dropped_total", len(events) - len(kept), label="filtered")
+        if not self.source.trusted:
+            kept = self._normalized(kept)
+        if not kept:
+            return
+        self.metrics.inc("events_received_total", len(kept))
+        batch = encode(kept, time.time_ns())
+        for lane, part in zip(self.lanes, self._split(batch)):
+            if part:
+                lane.staged.append(_Frame(encode_frame(part), len(part), read))
+                read.remaining += len(part)
+                self.staged += len(part)
+
+    def _normalized(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for offset, event in enumerate(events):
+            try:
+                out.append(normalize(event, self.source_name))
+            except EnvelopeError as exc:
+                self.metrics.inc("events_dropped_total", label="rejected")
+                self.log.error("invalid event from source dropped (no dead-letter queue yet)", reason=str(exc),
+                               offset_in_batch=offset)
+        return out
+
+    def _split(self, batch: Batch) -> list[Batch]:
+        if len(self.lanes) == 1:
+            return [batch]
+        workers, lanes = len(self.lanes), self.lane_count
+        indices: list[list[int]] = [[] for _ in range(workers)]
+        for i, key in enumerate(batch.keys):
+            indices[zlib.crc32(key.encode()) % lanes % workers].append(i)
+        return [batch.take(idx) if len(idx) != len(batch) else batch for idx in indices]
+
+    def _flush_staged(self) -> None:
+        for lane in self.lanes:
+            while lane.staged:
+                frame = lane.staged[0]
+                try:
+                    lane.ring.write(frame.payload)
+                except RingFull:
+                    break
+                except FrameTooLarge as exc:
+                    raise RuntimeError(f"{exc}; raise gateway.ring_size or lower the source read size") from None
+                lane.staged.popleft()
+                lane.sent.append(frame)
+                self.staged -= frame.events
+                self.inflight += frame.events
+
+    def _drop_oldest(self) -> None:
+        """Drop staged (not yet handed to a worker) frames, oldest first, until the buffer fits."""
+        for lane in self.lanes:
+            while lane.staged and self.utilization > 1.0:
+                frame = lane.staged.popleft()
+                frame.read.remaining -= frame.events
+                self.staged -= frame.events
+                self.metrics.inc("events_dropped_total", frame.events, label="drop_oldest")
+
+    def checkpoint_if_due(self, now: float, force: bool = False) -> None:
+        if self.committed is not None and (force or self.checkpoint.due(now)):
+            self.checkpoint.save(self.committed)
+        self.metrics.set("checkpoint_age_seconds", now - self.checkpoint.saved_at)
+
+
+class _Stop:
+    requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def main(args: ChildArgs) -> None:
+    """Entry point of the source process."""
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        runtime = boot_child(args, "source", SOURCE_SLOT)
+        log = configure_logging(runtime.profile.logging, "source")
+        router = _build(runtime, log)
+    except Exception as exc:
+        args.messages.put(("boot_error", "source", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        sys.exit(EXIT_WORKER_BOOT_ERROR)
+    runtime.report("ready", "")
+    code = EXIT_OK
+    try:
+        finished = _run(runtime, router, stop)
+        if finished:
+            runtime.report("finished", "source exhausted and every event delivered")
+    except Exception:
+        log.exception("source process failed")
+        code = EXIT_FAILURE
+    finally:
+        router.source.close()
+        if router.backpressure is not None:
+            router.backpressure.close()
+        for lane in router.lanes:
+            lane.ring.close()
+    sys.exit(code)
+
+
+def _build(runtime: ChildRuntime, log: Any) -> Router:
+    profile, registry = runtime.profile, runtime.registry
+    source = instantiate("source", profile, registry)
+    backpressure = instantiate("backpressure", profile, registry)
+    checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type)
+    position = checkpoint.load()
+
+    def context(kind: str) -> Context:
+        return Context(process="source", worker_index=-1, log=log.bind(component=kind), profile=profile,
+                       shared=runtime.args.shared.get(kind))
+
+    source.open(context("source"))
+    if backpressure is not None:
+        backpressure.open(context("backpressure"))
+    if position is not None:
+        seek = getattr(source, "seek", None)
+        if seek is None:
+            log.warning("checkpoint found but this source cannot resume from a position", position=position)
+        else:
+            seek(position)
+            log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))
+    # Frames an earlier source process wrote are still delivered by the workers, but not ours to count.
+    lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
+    return Router(runtime, source, backpressure, checkpoint, lanes, log)
+
+
+def _run(runtime: ChildRuntime, router: Router, stop: _Stop) -> bool:
+    """Pump until stopped (drain in-flight first) or the source is exhausted. True if exhausted."""
+    graceful = runtime.profile.gateway.graceful_timeout
+    deadline: float | None = None
+    while True:
+        now = time.monotonic()
+        runtime.beat(now)
+        router.collect_acks()
+        router.metrics.set("buffer_utilization", router.utilization)
+        router.checkpoint_if_due(now)
+        if stop.requested and deadline is None:
+            deadline = now + graceful
+        if deadline is not None and (router.idle or now > deadline):
+            router.checkpoint_if_due(now, force=True)
+            return False
+        if router.source.exhausted and router.idle:
+            router.checkpoint_if_due(now, force=True)
+            return True
+        if runtime.orphaned():
+            return False
+        if not router.pump(stopping=deadline is not None):
+            time.sleep(0.0005 if router.inflight else 0.002)

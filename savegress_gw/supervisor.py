@@ -1,0 +1,221 @@
+"""The supervisor: spawn the source process and the workers, watch them, stop them.
+
+gunicorn's arbiter at uvicorn's size. Signal handlers only enqueue; the loop waits on the
+children's sentinels, then handles signals, drains child messages, reaps, kills stale children
+(heartbeat older than ``gateway.heartbeat_timeout``) and respawns. A child that fails to boot
+halts the gateway with its reason and exit status 3; a child that keeps crashing halts it too.
+
+Stopping is ordered so that nothing is lost: the source process stops reading and waits until
+every event it handed out is acknowledged, then the workers drain what is left and exit.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+import multiprocess as mp
+
+from savegress_gw import source_process, worker
+from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
+from savegress_gw.metrics import MetricsBlock
+from savegress_gw.plugins import Registry
+from savegress_gw.profile.model import ProfileBase
+from savegress_gw.ring import Ring
+from savegress_gw.runtime import SOURCE_SLOT, ChildArgs
+from savegress_gw.shared import SharedBlock
+from savegress_gw.status_server import StatusServer
+
+CRASH_LIMIT = 5
+"""Restarts of one child within :data:`CRASH_WINDOW_S` after which the gateway halts."""
+CRASH_WINDOW_S = 60.0
+DEFAULT_RING_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    slot: int
+    target: Any
+    index: int = -1
+    process: Any = None
+    started_at: float = 0.0
+    ready: bool = False
+    restarts: deque[float] = field(default_factory=deque)
+
+
+class Supervisor:
+    """Runs one gateway until it is stopped, finished or halted; :meth:`run` returns the exit status."""
+
+    def __init__(self, profile: ProfileBase, profile_data: dict[str, Any], registry: Registry, log: Any) -> None:
+        self.profile, self.profile_data, self.registry, self.log = profile, profile_data, registry, log
+        self.ctx = mp.get_context("spawn")
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.alive = True
+        self.exit_status = EXIT_OK
+        gateway = profile.gateway
+        self.heartbeat_timeout = gateway.heartbeat_timeout
+        self.boot_timeout = gateway.boot_timeout
+        self.metrics = MetricsBlock(gateway.workers + 2, self.ctx)
+        self.own_metrics = self.metrics.row(gateway.workers + 1)
+        self.heartbeats = self.ctx.RawArray("d", gateway.workers + 1)
+        self.messages = self.ctx.Queue()
+        self.rings: list[Ring] = []
+        self.shared = self._shared_blocks()
+        self.children = [Child("source", SOURCE_SLOT, source_process.main)] + [
+            Child(f"worker-{i}", i + 1, worker.main, index=i) for i in range(gateway.workers)
+        ]
+        self.status = StatusServer(profile, self.metrics, self.children) if profile.metrics.enabled else None
+
+    def _ring_bytes(self) -> int:
+        gateway, pool = self.profile.gateway, self.profile.buffer.pool
+        if gateway.ring_size:
+            return gateway.ring_size
+        if pool.enabled:
+            return max(pool.max_size * pool.prealloc_size, 4 * 1024 * 1024)
+        return DEFAULT_RING_BYTES
+
+    def _shared_blocks(self) -> dict[str, SharedBlock]:
+        blocks = {}
+        for kind in ("limiter", "backpressure", "compressor", "sink", "source"):
+            name = self.profile.selected(kind)
+            cls = self.registry.get(kind, name) if name else None
+            if cls is not None and cls.shared_slots:
+                blocks[kind] = SharedBlock(cls.shared_slots, self.ctx)
+        return blocks
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda sig, frame: self.signals.put_nowait(sig))
+        try:
+            self.rings = [Ring.create(f"sg-{os.getpid()}-{i}-{os.urandom(3).hex()}", self._ring_bytes())
+                          for i in range(self.profile.gateway.workers)]
+            if self.status is not None:
+                self.status.start()
+            self.log.info("gateway starting", workers=len(self.rings), source=self.profile.source.type,
+                          output=self.profile.output.type, metrics=self.status.url if self.status else None)
+            for child in self.children:
+                self.spawn(child)
+            while self.alive:
+                wait([c.process.sentinel for c in self.children if c.process], timeout=0.25)
+                self.handle_signals()
+                self.handle_messages()
+                self.reap_children()
+                self.murder_stale()
+        except HaltSupervisor as halt:
+            self.log.error("gateway halted", reason=halt.reason)
+            self.exit_status = halt.exit_status
+        finally:
+            self.stop()
+        return self.exit_status
+
+    def spawn(self, child: Child) -> None:
+        args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,
+                         self.messages, self.shared, child.index, os.getpid())
+        self.heartbeats[child.slot] = 0.0
+        child.process = self.ctx.Process(target=child.target, args=(args,), name=f"savegress-gw {child.name}",
+                                         daemon=False)
+        child.process.start()
+        child.started_at = time.monotonic()
+        child.ready = False
+
+    def handle_signals(self) -> None:
+        while not self.signals.empty():
+            signum = self.signals.get_nowait()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.log.info("stopping on signal", signal=signal.Signals(signum).name)
+                self.alive = False
+            elif signum == signal.SIGHUP:
+                self.log.warning("SIGHUP reload is not implemented yet; restart the gateway to apply a new profile")
+
+    def handle_messages(self) -> None:
+        while True:
+            try:
+                kind, name, text = self.messages.get_nowait()
+            except queue.Empty:
+                return
+            child = next(c for c in self.children if c.name == name)
+            if kind == "boot_error":
+                raise HaltSupervisor(f"{name} failed to start: {text}", EXIT_WORKER_BOOT_ERROR)
+            if kind == "ready":
+                child.ready = True
+            elif kind == "finished":
+                self.log.info("source finished, stopping", detail=text)
+                self.alive = False
+
+    def reap_children(self) -> None:
+        for child in self.children:
+            process = child.process
+            if process is None or process.is_alive():
+                continue
+            process.join()
+            code = process.exitcode
+            if not self.alive and child.name == "source" and code == EXIT_OK:
+                return
+            if code == EXIT_WORKER_BOOT_ERROR:
+                self.handle_messages()  # the reason usually arrived just before the exit
+                raise HaltSupervisor(f"{child.name} failed to start (exit status {code})", EXIT_WORKER_BOOT_ERROR)
+            self.log.warning("child exited, replacing it", child=child.name, exitcode=code)
+            self._count_restart(child)
+            self.spawn(child)
+
+    def _count_restart(self, child: Child) -> None:
+        now = time.monotonic()
+        child.restarts.append(now)
+        while child.restarts and now - child.restarts[0] > CRASH_WINDOW_S:
+            child.restarts.popleft()
+        self.own_metrics.inc("worker_restarts_total")
+        if len(child.restarts) > CRASH_LIMIT:
+            raise HaltSupervisor(f"{child.name} crashed {len(child.restarts)} times within {CRASH_WINDOW_S:.0f}s",
+                                 EXIT_FAILURE)
+
+    def murder_stale(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None or not child.process.is_alive():
+                continue
+            beat = self.heartbeats[child.slot]
+            if beat == 0.0 and now - child.started_at > self.boot_timeout:
+                raise HaltSupervisor(f"{child.name} did not finish starting within {self.boot_timeout:g}s",
+                                     EXIT_WORKER_BOOT_ERROR)
+            if beat and now - beat > self.heartbeat_timeout:
+                self.log.warning("child stalled, killing it", child=child.name, silent_s=round(now - beat, 1))
+                child.process.kill()
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self) -> None:
+        """Source first (it waits for its in-flight events), then the workers drain; then clean up."""
+        # A halted gateway has a broken child: nothing would settle, so do not wait the full grace period.
+        graceful = self.profile.gateway.graceful_timeout if self.exit_status == EXIT_OK else 2.0
+        source, workers = self.children[0], self.children[1:]
+        self._terminate([source], graceful + 5)
+        self._terminate(workers, graceful + 5)
+        for ring in self.rings:
+            ring.close()
+        if self.status is not None:
+            self.status.stop()
+        self.log.info("gateway stopped", exit_status=self.exit_status)
+
+    def _terminate(self, children: list[Child], timeout: float) -> None:
+        running = [c.process for c in children if c.process is not None and c.process.is_alive()]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                self.log.warning("child did not stop in time, killing it", pid=process.pid)
+                process.kill()
+                process.join()
+

@@ -1,0 +1,121 @@
+"""A worker process: attach to its ring, build its components, run the pipeline.
+
+Nothing heavy happens before the spawn; in the child: registry → profile → components → open →
+``gw_worker_started`` → loop. A failure before the loop starts exits with
+:data:`~savegress_gw.errors.EXIT_WORKER_BOOT_ERROR` after reporting the reason, and the supervisor
+halts instead of crash-looping. SIGTERM drains: every frame in the ring is batched and sent, and
+the worker exits once all deliveries settled or ``gateway.graceful_timeout`` passed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from savegress_gw.assembly import instantiate
+from savegress_gw.batching import make_batcher
+from savegress_gw.components import Compressor, Context
+from savegress_gw.compressing import MeteredCompressor
+from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from savegress_gw.logs import configure_logging
+from savegress_gw.pipeline import Pipeline
+from savegress_gw.ring import Ring
+from savegress_gw.runtime import ChildArgs, ChildRuntime, boot_child
+
+IDLE_SLEEP_S = 0.0005
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What worker hooks receive."""
+
+    index: int
+    pid: int
+    gateway_id: str
+
+
+class _Stop:
+    requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def main(args: ChildArgs) -> None:
+    """Entry point of a worker process (the target the supervisor spawns)."""
+    name = f"worker-{args.index}"
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        runtime = boot_child(args, name, args.index + 1)
+        log = configure_logging(runtime.profile.logging, name)
+        pipeline, components = _build(runtime, log)
+    except Exception as exc:
+        args.messages.put(("boot_error", name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        sys.exit(EXIT_WORKER_BOOT_ERROR)
+    info = WorkerInfo(args.index, os.getpid(), runtime.profile.gateway.id)
+    runtime.plugins.hook.gw_worker_started(worker=info)
+    runtime.report("ready", "")
+    code = EXIT_OK
+    try:
+        _run(runtime, pipeline, stop)
+    except Exception:
+        log.exception("worker failed")
+        code = EXIT_FAILURE
+    finally:
+        runtime.plugins.hook.gw_worker_stopping(worker=info)
+        for component in reversed(components):
+            component.close()
+        pipeline.ring.close()
+    sys.exit(code)
+
+
+def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
+    profile, registry = runtime.profile, runtime.registry
+    ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
+    compressor = instantiate("compressor", profile, registry)
+    limiter = instantiate("limiter", profile, registry)
+    sink = instantiate("sink", profile, registry)
+    opened = []
+
+    def context(kind: str, **extra: object) -> Context:
+        return Context(process=runtime.name, worker_index=runtime.args.index, log=log.bind(component=kind),
+                       profile=profile, shared=runtime.args.shared.get(kind), **extra)
+
+    metered: Compressor | None = None
+    if compressor is not None:
+        compressor.open(context("compressor"))
+        opened.append(compressor)
+        metered = MeteredCompressor(compressor, runtime.metrics)
+    if limiter is not None:
+        limiter.open(context("limiter"))
+        opened.append(limiter)
+    sink.open(context("sink", compressor=metered))
+    opened.append(sink)
+    pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, profile.retry, runtime.metrics,
+                        log.bind(component="pipeline"))
+    return pipeline, opened
+
+
+def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: _Stop) -> None:
+    graceful = runtime.profile.gateway.graceful_timeout
+    deadline: float | None = None
+    while True:
+        now = time.monotonic()
+        runtime.beat(now)
+        if stop.requested and deadline is None:
+            deadline = now + graceful
+        draining = deadline is not None
+        worked = pipeline.step(now, draining=draining)
+        if draining and (pipeline.settled() or now > deadline):
+            pipeline.sink.flush(max(0.0, deadline - now))
+            pipeline.step(time.monotonic(), draining=True)
+            return
+        if runtime.orphaned():
+            return
+        if not worked:
+            time.sleep(IDLE_SLEEP_S)
