@@ -25,8 +25,11 @@ class CheckpointError(GatewayError):
 class CheckpointStore:
     """Load and save the source position of one gateway."""
 
-    def __init__(self, settings: CheckpointSettings, gateway_id: str, source_type: str) -> None:
+    def __init__(self, settings: CheckpointSettings, gateway_id: str, source_type: str,
+                 resumable: bool = True) -> None:
+        """``resumable=False`` (a source without ``seek``, e.g. HTTP ingest) stores nothing."""
         self.settings = settings
+        self.enabled = settings.enabled and resumable
         self.source_type = source_type
         self.path = Path(settings.directory) / f"{gateway_id}.json"
         self._memory: dict[str, Any] | None = None
@@ -34,11 +37,11 @@ class CheckpointStore:
 
     @property
     def durable(self) -> bool:
-        return self.settings.enabled and self.settings.type == "file"
+        return self.enabled and self.settings.type == "file"
 
     def load(self) -> Any:
         """The stored position, or None when there is none (or checkpoints are off)."""
-        if not self.settings.enabled:
+        if not self.enabled:
             return None
         if not self.durable:
             return (self._memory or {}).get("position")
@@ -65,7 +68,7 @@ class CheckpointStore:
         self.saved_at = time.monotonic()
         record = {"source": self.source_type, "position": position,
                   "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if not self.settings.enabled:
+        if not self.enabled:
             return
         if not self.durable:
             self._memory = record

@@ -74,24 +74,24 @@ def _flags(args: argparse.Namespace) -> list[str]:
 def _load(args: argparse.Namespace):
     pm = get_plugin_manager()
     registry = collect_components(pm)
-    return registry, load_profile(args.config, registry, flags=_flags(args))
+    return pm, registry, load_profile(args.config, registry, flags=_flags(args))
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     from savegress_gw.logs import configure_logging
     from savegress_gw.supervisor import Supervisor
 
-    registry, validated = _load(args)
+    pm, registry, validated = _load(args)
     profile = validated.profile
     log = configure_logging(profile.logging, "supervisor")
     for warning in validated.warnings:
         log.warning("profile", detail=warning)
     data = profile.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return Supervisor(profile, data, registry, log).run()
+    return Supervisor(profile, data, registry, pm, log).run()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _, validated = _load(args)
+    _, _, validated = _load(args)
     for warning in validated.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.print:

@@ -91,6 +91,8 @@ def normalize(event: Any, default_source: str) -> dict[str, Any]:
         event["timestamp"] = now_iso()
     else:
         try:
+            if not isinstance(event["timestamp"], str):
+                raise TypeError
             timestamp_ms(event["timestamp"])
         except (TypeError, ValueError):
             raise EnvelopeError(f"timestamp {event['timestamp']!r} is not ISO 8601") from None

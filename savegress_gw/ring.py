@@ -71,6 +71,7 @@ class Ring:
 
     @classmethod
     def attach(cls, name: str) -> "Ring":
+        shm = shared_memory.SharedMemory(name=name)
         # Children share the supervisor's resource tracker (multiprocess on both sides), which
         # keeps one registration per name and unlinks leftovers only after every process is gone.
         return cls(shm, owner=False)

@@ -29,7 +29,7 @@ from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.filters import TableFilter
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
-from savegress_gw.ring import FrameTooLarge, Ring, RingFull
+from savegress_gw.ring import Ring, RingFull
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, boot_child
 
 READ_CHUNK = 2048
@@ -157,10 +157,25 @@ class Router:
         self.metrics.inc("events_received_total", len(kept))
         batch = encode(kept, time.time_ns())
         for lane, part in zip(self.lanes, self._split(batch)):
-            if part:
-                lane.staged.append(_Frame(encode_frame(part), len(part), read))
-                read.remaining += len(part)
-                self.staged += len(part)
+            for payload, events in self._frames(part, lane.ring.capacity // 4):
+                lane.staged.append(_Frame(payload, events, read))
+                read.remaining += events
+                self.staged += events
+
+    def _frames(self, batch: Batch, limit: int) -> list[tuple[bytes, int]]:
+        """Encode ``batch`` as frames of at most ``limit`` bytes (halving it until they fit)."""
+        if not batch:
+            return []
+        payload = encode_frame(batch)
+        if len(payload) <= limit:
+            return [(payload, len(batch))]
+        if len(batch) == 1:
+            self.metrics.inc("events_dropped_total", label="rejected")
+            self.log.error("event larger than a quarter of the worker ring dropped (no dead-letter queue yet); "
+                           "raise gateway.ring_size", event_id=batch.ids[0], bytes=len(payload), limit=limit)
+            return []
+        half = len(batch) // 2
+        return self._frames(batch.slice(0, half), limit) + self._frames(batch.slice(half, len(batch)), limit)
 
     def _normalized(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
@@ -190,8 +205,6 @@ class Router:
                     lane.ring.write(frame.payload)
                 except RingFull:
                     break
-                except FrameTooLarge as exc:
-                    raise RuntimeError(f"{exc}; raise gateway.ring_size or lower the source read size") from None
                 lane.staged.popleft()
                 lane.sent.append(frame)
                 self.staged -= frame.events
@@ -252,7 +265,8 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     profile, registry = runtime.profile, runtime.registry
     source = instantiate("source", profile, registry)
     backpressure = instantiate("backpressure", profile, registry)
-    checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type)
+    checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type,
+                                 resumable=hasattr(source, "seek"))
     position = checkpoint.load()
 
     def context(kind: str) -> Context:
@@ -263,12 +277,8 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     if backpressure is not None:
         backpressure.open(context("backpressure"))
     if position is not None:
-        seek = getattr(source, "seek", None)
-        if seek is None:
-            log.warning("checkpoint found but this source cannot resume from a position", position=position)
-        else:
-            seek(position)
-            log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))
+        source.seek(position)
+        log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))
     # Frames an earlier source process wrote are still delivered by the workers, but not ours to count.
     lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
     return Router(runtime, source, backpressure, checkpoint, lanes, log)

@@ -25,7 +25,7 @@ import multiprocess as mp
 from savegress_gw import source_process, worker
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
 from savegress_gw.metrics import MetricsBlock
-from savegress_gw.plugins import Registry
+from savegress_gw.plugins import GatewayPluginManager, Registry
 from savegress_gw.profile.model import ProfileBase
 from savegress_gw.ring import Ring
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs
@@ -55,8 +55,10 @@ class Child:
 class Supervisor:
     """Runs one gateway until it is stopped, finished or halted; :meth:`run` returns the exit status."""
 
-    def __init__(self, profile: ProfileBase, profile_data: dict[str, Any], registry: Registry, log: Any) -> None:
+    def __init__(self, profile: ProfileBase, profile_data: dict[str, Any], registry: Registry,
+                 plugins: GatewayPluginManager, log: Any) -> None:
         self.profile, self.profile_data, self.registry, self.log = profile, profile_data, registry, log
+        self.plugins = plugins
         self.ctx = mp.get_context("spawn")
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.alive = True
@@ -160,6 +162,9 @@ class Supervisor:
                 continue
             process.join()
             code = process.exitcode
+            if child.index >= 0:
+                info = worker.WorkerInfo(child.index, process.pid, self.profile.gateway.id)
+                self.plugins.hook.gw_worker_exited(worker=info, exitcode=code)
             if not self.alive and child.name == "source" and code == EXIT_OK:
                 return
             if code == EXIT_WORKER_BOOT_ERROR:

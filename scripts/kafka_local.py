@@ -3,21 +3,25 @@
 
 For integration tests and for developers who want a broker on 127.0.0.1.
 
-CLI (every command except ``fetch`` takes ``--dir``, default ``$SAVEGRESS_KAFKA_DIR`` or ``./.kafka``)::
+CLI (all commands but ``fetch`` take ``--dir``, default ``$SAVEGRESS_KAFKA_DIR`` or ``./.kafka``)::
 
-    python scripts/kafka_local.py fetch [--version V]      # resolve jars into the cache (needs Maven)
+    python scripts/kafka_local.py fetch [--version V]    # jars into the cache (needs Maven)
     python scripts/kafka_local.py start --nodes 1|3 --dir DIR [--base-port P] [--sasl-plain]
-    python scripts/kafka_local.py status  --dir DIR        # exit 0 if every node runs, else 3
-    python scripts/kafka_local.py kill ID --dir DIR        # SIGKILL one node
-    python scripts/kafka_local.py stop-node ID --dir DIR   # SIGTERM one node and wait
-    python scripts/kafka_local.py restart ID --dir DIR     # start it again, wait until it is in sync
-    python scripts/kafka_local.py stop --dir DIR           # SIGTERM all nodes, SIGKILL leftovers
+    python scripts/kafka_local.py status --dir DIR       # exit 0 if every node runs, else 3
+    python scripts/kafka_local.py kill ID --dir DIR      # SIGKILL one node
+    python scripts/kafka_local.py stop-node ID --dir DIR # SIGTERM one node and wait
+    python scripts/kafka_local.py restart ID --dir DIR   # start it again, wait until in sync
+    python scripts/kafka_local.py stop --dir DIR         # SIGTERM all nodes, SIGKILL leftovers
 
 Python API (pytest fixtures)::
 
-    with LocalKafkaCluster(tmp_path / "kafka", nodes=3) as cluster:
-        Producer({"bootstrap.servers": cluster.bootstrap_servers, "acks": "all"})
-        cluster.kill(2); cluster.restart(2)
+    with LocalKafkaCluster(tmp_path / "kafka", nodes=3, sasl_plain=True) as cluster:
+        Producer({**cluster.client_config(), "acks": "all"})      # PLAINTEXT listener
+        Producer(cluster.client_config(sasl=True))                 # SASL_PLAINTEXT, PLAIN
+        cluster.warm_up_transactions()      # optional: create __transaction_state up front
+        cluster.kill(2)                     # SIGKILL
+        cluster.restart(2)                  # back and in sync
+        cluster.stop_node(3)                # SIGTERM, controlled shutdown
 
 Contracts:
 
@@ -29,9 +33,12 @@ Contracts:
   127.0.0.1 only. Node ``i`` keeps its data, config and ``logs/server.log`` in ``DIR/node-i``;
   ``DIR/cluster.json`` records ids, ports, pids and bootstrap strings.
 * ``start`` returns only when every node is ready: its client port accepts connections, metadata
-  lists every broker, and a probe topic (RF = min(nodes, 3)) round-trips a record produced with
-  ``acks=all`` through a consumer group. On failure it stops every node it started and raises
-  :class:`KafkaStartError` with the tail of the failing node's log.
+  lists every broker, and the probe topic ``savegress-ready`` (one partition per node,
+  RF = min(nodes, 3)) round-trips a record per partition produced with ``acks=all`` through a
+  consumer group (which also creates ``__consumer_offsets``). On failure it stops every node
+  it started and raises :class:`KafkaStartError` with the tail of the failing node's log.
+* ``start`` on a directory holding a stopped cluster of the same shape resumes it (same ports
+  and data); ``fresh=True`` / ``--fresh`` discards it instead.
 * Processes started through the Python API (``detach=False``) are SIGKILLed by the kernel if the
   Python process dies (``setpriv --pdeathsig``, Linux) and stopped at interpreter exit; the CLI
   starts detached processes that outlive it (``stop`` ends them by pid).
@@ -462,18 +469,14 @@ def server_properties(
         "background.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+        # Fast failure detection for broker-kill tests (defaults 2000 / 9000 / 30000 ms). Also
+        # for one node: a SIGKILLed node's restart waits until its old session has expired.
+        "broker.heartbeat.interval.ms": "500",
+        "broker.session.timeout.ms": "4000",
+        "replica.lag.time.max.ms": "5000",
+        "controller.quorum.election.timeout.ms": "1000",
+        "controller.quorum.fetch.timeout.ms": "2000",
     }
-    if len(nodes) > 1:
-        # Fast failure detection for broker-kill tests (defaults 2000 / 9000 / 30000 ms).
-        props.update(
-            {
-                "broker.heartbeat.interval.ms": "500",
-                "broker.session.timeout.ms": "4000",
-                "replica.lag.time.max.ms": "5000",
-                "controller.quorum.election.timeout.ms": "1000",
-                "controller.quorum.fetch.timeout.ms": "2000",
-            }
-        )
     if sasl_plain:
         props.update(
             {
@@ -493,7 +496,7 @@ def _escape_property(value: str) -> str:
             out.append(char)
             continue
         encoded = char.encode("utf-16-be")
-        out.extend(f"\\u{encoded[i:i + 2].hex()}" for i in range(0, len(encoded), 2))
+        out.extend(f"\\u{encoded[i : i + 2].hex()}" for i in range(0, len(encoded), 2))
     return "".join(out)
 
 
@@ -550,12 +553,38 @@ def _pid_is_node(pid: int, props_file: Path) -> bool:
     return True
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+RUN_MARKER = "===== kafka_local: starting node"
+
+
+def _current_run_lines(path: Path) -> list[str]:
+    """Lines of ``path`` written since the node was last launched (after RUN_MARKER)."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
+        return [f"(no log at {path})"]
+    starts = [i for i, line in enumerate(lines) if line.startswith(RUN_MARKER)]
+    return lines[starts[-1] :] if starts else lines
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of the node's current run, preceded by its first ERROR line."""
+    current = _current_run_lines(path)
+    first_error = next((line for line in current if "] ERROR " in line), None)
+    head = f"first error: {first_error}\n...\n" if first_error else ""
+    return head + "\n".join(current[-lines:])
+
+
+def ports_in_use(ports: Sequence[int]) -> list[int]:
+    """The ports among ``ports`` that cannot be bound on 127.0.0.1 right now."""
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM does
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
 
 
 def _java_executable() -> str:
@@ -724,13 +753,14 @@ class LocalKafkaCluster:
         resumed = self._prepare_state(libs, force_fresh=False)
         try:
             return self._start_nodes(timeout)
-        except KafkaStartError:
-            if resumed or self.base_port is not None or not self._port_race_lost():
+        except KafkaStartError as exc:
+            if resumed or self.base_port is not None or not self._port_race_lost(exc):
                 raise
         self._prepare_state(libs, force_fresh=True)
         return self._start_nodes(timeout)
 
     def _start_nodes(self, timeout: float | None) -> LocalKafkaCluster:
+        self._check_ports_free(self.state.nodes)
         self._write_configs()
         self._format_all()
         if not self.detach:
@@ -744,10 +774,17 @@ class LocalKafkaCluster:
             raise
         return self
 
-    def _port_race_lost(self) -> bool:
-        """True if a node's log says one of its ports was taken (BindException)."""
-        return any(
-            "Address already in use" in _tail(self.log_path(node_id), 400)
+    def _check_ports_free(self, nodes: Sequence[NodeInfo]) -> None:
+        ports = [p for n in nodes for p in (n.broker_port, n.controller_port, n.sasl_port) if p]
+        busy = ports_in_use(ports)
+        if busy:
+            hint = "choose another --base-port" if self.base_port else "start with --fresh"
+            raise KafkaStartError(f"ports {busy} on 127.0.0.1 are in use ({hint})")
+
+    def _port_race_lost(self, error: KafkaStartError) -> bool:
+        """True if ``error`` or a node's log says one of its ports was taken."""
+        return "are in use" in str(error) or any(
+            "Address already in use" in "\n".join(_current_run_lines(self.log_path(node_id)))
             for node_id in self.node_ids
         )
 
@@ -758,6 +795,7 @@ class LocalKafkaCluster:
         previous = self._load_previous()
         if previous is not None and not force_fresh and self._compatible(previous, libs):
             previous.libs = str(libs.libs)
+            previous.heap = self.heap
             self._state = previous
             return True
         self._wipe()
@@ -798,7 +836,7 @@ class LocalKafkaCluster:
     def _wipe(self) -> None:
         """Remove what a previous cluster left in ``directory`` (only files this module owns)."""
         for child in self.directory.glob("node-*"):
-            if child.is_dir():
+            if child.is_dir() and re.fullmatch(r"node-\d+", child.name):
                 shutil.rmtree(child)
         for name in (CLUSTER_FILE, "log4j2.properties"):
             (self.directory / name).unlink(missing_ok=True)
@@ -823,6 +861,8 @@ class LocalKafkaCluster:
             "-XX:TieredStopAtLevel=1",
             "-XX:-UsePerfData",
             "-Djava.awt.headless=true",
+            # Kafka's own shutdown hook logs; log4j's hook would stop logging before it ran.
+            "-Dlog4j2.shutdownHookEnabled=false",
             f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
             f"-Dkafka.root.loglevel={level}",
             *self.jvm_options,
@@ -836,15 +876,19 @@ class LocalKafkaCluster:
         """Format every node's storage in parallel (``--ignore-formatted``: resume-safe)."""
         procs = {}
         for node in self.state.nodes:
-            args = ["format", "-t", self.state.cluster_id, "-c", str(self._props_file(node.node_id))]
-            cmd = self._java_command("kafka.tools.StorageTool", [*args, "--ignore-formatted"],
-                                     "256m", "WARN")
+            props = str(self._props_file(node.node_id))
+            args = ["format", "-t", self.state.cluster_id, "-c", props, "--ignore-formatted"]
+            cmd = self._java_command("kafka.tools.StorageTool", args, "256m", "WARN")
             procs[node.node_id] = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         failures = []
         for node_id, proc in procs.items():
-            output, _ = proc.communicate(timeout=120)
+            try:
+                output, _ = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
             if proc.returncode != 0:
                 failures.append(f"node {node_id}: {output.decode(errors='replace')}")
         if failures:
@@ -859,7 +903,7 @@ class LocalKafkaCluster:
         log = self.log_path(node.node_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            out.write(f"\n===== kafka_local: starting node {node.node_id} =====\n".encode())
+            out.write(f"\n{RUN_MARKER} {node.node_id} =====\n".encode())
             out.flush()
             proc = subprocess.Popen(
                 cmd,
@@ -966,11 +1010,14 @@ class LocalKafkaCluster:
 
     def restart(self, node_id: int, timeout: float | None = None) -> None:
         """Start a stopped/killed node again (same dir, ports, data; no re-format) and wait
-        until it is registered and back in the ISR of every partition it replicates."""
+        until it is registered and back in the ISR of every partition it replicates.
+
+        Raises KafkaStartError on timeout (the node is left running; ``stop()`` ends it)."""
         if self.is_running(node_id):
             raise KafkaLocalError(f"node {node_id} is still running")
         self._forget(node_id)
         deadline = time.monotonic() + (timeout or self.start_timeout)
+        self._check_ports_free([self._node(node_id)])
         self._launch(self._node(node_id))
         self._wait_port(self._node(node_id), deadline)
         if _confluent_available():
@@ -1065,6 +1112,24 @@ class LocalKafkaCluster:
                 raise self._timeout_error("SASL/PLAIN listener", self.node_ids)
             time.sleep(0.2)
 
+    def warm_up_transactions(self, timeout: float = 60.0) -> None:
+        """Commit one transaction on the probe topic, so that ``__transaction_state`` exists
+        (RF 1 or 3) before exactly-once tests start; otherwise their first
+        ``init_transactions()`` pays for its creation. Raises KafkaLocalError on failure."""
+        from confluent_kafka import Producer
+
+        transactional_id = f"savegress-warmup-{uuid.uuid4().hex}"
+        producer = Producer(
+            {**_internal(self.client_config()), "transactional.id": transactional_id}
+        )
+        try:
+            producer.init_transactions(timeout)
+            producer.begin_transaction()
+            producer.produce(READY_TOPIC, value=b"warm-up")
+            producer.commit_transaction(timeout)
+        except Exception as exc:
+            raise KafkaLocalError(f"transaction warm-up failed: {exc}") from exc
+
     def wait_in_sync(self, node_id: int, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """Until ``node_id`` is in the ISR of every partition whose replicas include it."""
         from confluent_kafka.admin import AdminClient
@@ -1095,8 +1160,8 @@ def _confluent_available() -> bool:
 
 
 def _internal(config: Mapping[str, str]) -> dict[str, Any]:
-    """Config for this module's own short-lived clients: librdkafka info chatter off."""
-    return {**config, "log_level": 4}
+    """Config for this module's own short-lived clients: only librdkafka errors are logged."""
+    return {**config, "log_level": 3}
 
 
 def _remaining(deadline: float, cap: float) -> float:
@@ -1177,7 +1242,9 @@ def _consume_probe(
         consumer.subscribe([topic])
         while found < expected and time.monotonic() < deadline:
             message = consumer.poll(0.5)
-            if message is not None and message.error() is None and message.value() == token.encode():
+            if message is None or message.error() is not None:
+                continue
+            if message.value() == token.encode():
                 found += 1
         if found < expected:
             raise KafkaLocalError(f"consumed {found}/{expected} probe records")
@@ -1215,12 +1282,16 @@ def _cmd_start(args: argparse.Namespace) -> int:
         fresh=args.fresh,
     )
     cluster.start()
-    print(f"kafka {cluster.state.kafka_version}: {args.nodes} node(s) ready in "
-          f"{time.monotonic() - started:.1f}s")
+    print(
+        f"kafka {cluster.state.kafka_version}: {args.nodes} node(s) ready in "
+        f"{time.monotonic() - started:.1f}s"
+    )
     print(f"bootstrap.servers={cluster.bootstrap_servers}")
     if cluster.sasl_bootstrap_servers:
-        print(f"sasl bootstrap.servers={cluster.sasl_bootstrap_servers} "
-              f"(SASL_PLAINTEXT, PLAIN, {SASL_USERNAME}/{SASL_PASSWORD})")
+        print(
+            f"sasl bootstrap.servers={cluster.sasl_bootstrap_servers} "
+            f"(SASL_PLAINTEXT, PLAIN, {SASL_USERNAME}/{SASL_PASSWORD})"
+        )
     print(f"state: {cluster.directory / CLUSTER_FILE}")
     return 0
 
@@ -1230,8 +1301,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     status = cluster.status()
     for node in cluster.state.nodes:
         state = "running" if status[node.node_id] else "stopped"
-        print(f"node {node.node_id}: {state} pid={node.pid} port={node.broker_port}"
-              + (f" sasl_port={node.sasl_port}" if node.sasl_port else ""))
+        print(
+            f"node {node.node_id}: {state} pid={node.pid} port={node.broker_port}"
+            + (f" sasl_port={node.sasl_port}" if node.sasl_port else "")
+        )
     print(f"bootstrap.servers={cluster.bootstrap_servers}")
     return 0 if all(status.values()) else 3
 
@@ -1264,16 +1337,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_fetch = sub.add_parser("fetch", help="resolve the broker jars into the cache")
-    p_fetch.add_argument("--version", help=f"exact Kafka version (default {DEFAULT_VERSION}, "
-                         "falling back to the newest 4.x served)")
+    p_fetch.add_argument(
+        "--version",
+        help=f"exact Kafka version (default {DEFAULT_VERSION}, "
+        "falling back to the newest 4.x served)",
+    )
     p_fetch.set_defaults(func=_cmd_fetch)
 
     p_start = sub.add_parser("start", help="format and start a cluster, wait until ready")
     p_start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     p_start.add_argument("--dir", default=_default_dir())
     p_start.add_argument("--base-port", type=int, help="node i uses P+10*(i-1) .. +2")
-    p_start.add_argument("--sasl-plain", action="store_true",
-                         help=f"add a SASL_PLAINTEXT/PLAIN listener ({SASL_USERNAME})")
+    p_start.add_argument(
+        "--sasl-plain",
+        action="store_true",
+        help=f"add a SASL_PLAINTEXT/PLAIN listener ({SASL_USERNAME})",
+    )
     p_start.add_argument("--version", help="Kafka version (default: cached/fetched default)")
     p_start.add_argument("--heap", default=DEFAULT_HEAP, help="JVM -Xmx per node")
     p_start.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT)
@@ -1283,8 +1362,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, timeout in (
         ("kill", "SIGKILL one node", DEFAULT_STOP_TIMEOUT),
         ("stop-node", "SIGTERM one node and wait", DEFAULT_STOP_TIMEOUT),
-        ("restart", "start a stopped node again and wait until it is in sync",
-         DEFAULT_START_TIMEOUT),
+        (
+            "restart",
+            "start a stopped node again and wait until it is in sync",
+            DEFAULT_START_TIMEOUT,
+        ),
     ):
         p_node = sub.add_parser(name, help=helptext)
         p_node.add_argument("node_id", type=int)

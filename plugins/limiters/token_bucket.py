@@ -16,6 +16,9 @@ from savegress_gw.shared import SharedBlock
 
 READY, TOKENS, LAST = range(3)
 """Slots of a bucket: set-up flag, tokens (negative = debt), monotonic time of the last refill."""
+SLACK = 1e-9
+"""Tokens a request may lack and still pass: float rounding must not turn a wait that was slept
+exactly into a second, tiny one."""
 
 
 def fill(slots: Any, now: float, capacity: float) -> None:
@@ -40,7 +43,7 @@ def take(slots: Any, now: float, rate: float, capacity: float, count: int) -> fl
     """
     tokens = refill(slots, now, rate, capacity)
     need = min(count, capacity)
-    if tokens < need:
+    if tokens + SLACK < need:
         return (need - tokens) / rate
     slots[TOKENS] = tokens - count
     return 0.0

@@ -26,7 +26,8 @@ class StdoutSink(Sink):
 
     class Config(ComponentConfig):
         format: Literal["json", "text"] = "json"
-        """``json``: the event envelope, one per line; ``text``: ``<timestamp> <OPERATION> <schema>.<table> key=<key> id=<id>``."""
+        """``json``: the event envelope, one per line; ``text``: one line per event,
+        ``<timestamp> <OPERATION> <schema>.<table> key=<key> id=<id>``."""
         pretty: bool = False
         """With ``format: json``, indent each envelope over several lines (2 spaces)."""
 

@@ -13,7 +13,7 @@ import orjson
 from structlog.typing import FilteringBoundLogger
 
 from savegress_gw import Component, ComponentConfig, Context, Source, SourceBatch, hookimpl
-from savegress_gw.envelope import EnvelopeError, normalize
+from savegress_gw.envelope import normalize
 
 _FOLLOW_POLL_S = 0.05
 """While following, how often the end of the file is checked for new lines."""
@@ -24,7 +24,8 @@ class FileSource(Source):
     """Reads one JSON envelope per line, checked with ``envelope.normalize`` (this source is not trusted).
 
     ``SourceBatch.position`` is the byte offset just after the last line read (an ``int``);
-    ``seek(offset)`` continues from there. Blank lines are skipped. A line that is not valid JSON
+    ``seek(offset)`` continues from there. Blank lines are skipped; a read that only skipped
+    lines returns a batch without events, to move the position past them. A line that is not valid JSON
     or not a valid envelope is skipped and recorded in ``rejected`` as
     ``(line_number, byte_offset, reason)`` (1-based line, offset of the line's first byte), and
     logged as an error naming the file; the dead-letter queue will take these over in a later
@@ -67,18 +68,22 @@ class FileSource(Source):
         """
         size = os.fstat(self._file.fileno()).st_size
         if not isinstance(position, int) or not 0 <= position <= size:
-            raise ValueError(f"{self.config.path}: position {position!r} is not an offset within the file ({size} bytes)")
+            raise ValueError(f"{self.config.path}: position {position!r} is not an offset within the file "
+                             f"({size} bytes)")
         lines = 0
         self._file.seek(0)
         while self._file.tell() < position:
             chunk = self._file.read(min(_COUNT_CHUNK, position - self._file.tell()))
             lines += chunk.count(b"\n")
         if position and not chunk.endswith(b"\n"):
-            raise ValueError(f"{self.config.path}: position {position} is not at the start of a line")
+            if position < size:
+                raise ValueError(f"{self.config.path}: position {position} is not at the start of a line")
+            lines += 1  # the end of a last line without a newline
         self._offset, self._line_number, self._at_end = position, lines, False
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
         deadline = time.monotonic() + timeout_s
+        begin = self._offset
         events: list[dict[str, Any]] = []
         while len(events) < max_events:
             line = self._file.readline()
@@ -93,7 +98,8 @@ class FileSource(Source):
             self._line_number += 1
             if line.strip():
                 self._parse(line, start, events)
-        return SourceBatch(events, self._offset) if events else None
+        # Skipped lines move the position too, so a checkpoint does not replay them.
+        return SourceBatch(events, self._offset) if self._offset != begin else None
 
     @property
     def exhausted(self) -> bool:
@@ -101,9 +107,11 @@ class FileSource(Source):
 
     def _parse(self, line: bytes, start: int, events: list[dict[str, Any]]) -> None:
         """Append the envelope on ``line`` to ``events``, or record why it was rejected."""
+        # ValueError covers JSONDecodeError and EnvelopeError; normalize() lets an AttributeError
+        # out for a non-string timestamp.
         try:
             events.append(normalize(orjson.loads(line), "file"))
-        except (orjson.JSONDecodeError, EnvelopeError) as exc:
+        except (ValueError, AttributeError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.rejected.append((self._line_number, start, reason))
             self._log.error("malformed event line skipped", line=self._line_number, offset=start, reason=reason)

@@ -20,6 +20,7 @@ from savegress_gw.units import Size
 
 Operation = Literal["INSERT", "UPDATE", "DELETE"]
 TableName = Annotated[str, StringConstraints(pattern=r"^[^.\s]+\.[^.\s]+$")]
+_EVERY_OPERATION: list[Operation] = ["INSERT", "UPDATE", "DELETE"]
 
 _WEIGHTED_CYCLE = 100
 """Length of the operation cycle drawn from ``operations`` weights."""
@@ -61,9 +62,7 @@ class GeneratorSource(Source):
         """Events per second; 0 = as fast as the gateway reads."""
         count: int = Field(0, ge=0)
         """Stop after the event with this sequence number; 0 = endless."""
-        operations: list[Operation] | dict[Operation, float] = Field(
-            ["INSERT", "UPDATE", "DELETE"], min_length=1
-        )
+        operations: list[Operation] | dict[Operation, float] = Field(_EVERY_OPERATION, min_length=1)
         """A list is cycled in order; a mapping gives each operation's weight in a shuffled cycle of 100."""
         seed: int = 0
         """Seeds the padding text and the shuffle of weighted operations (same seed, same events)."""
@@ -139,7 +138,7 @@ class GeneratorSource(Source):
         """Events ``first .. first + n - 1``: the hot loop, one dict literal per event."""
         plan, pads, key_space = self._plan, self._pads, self.config.key_space
         cycle, pad_count = len(plan), len(pads)
-        events = []
+        events: list[dict[str, Any]] = []
         append = events.append
         for seq in range(first, first + n):
             schema, table, operation = plan[seq % cycle]
@@ -168,7 +167,7 @@ class GeneratorSource(Source):
         return round(sum(len(orjson.dumps(event)) for event in sample) / len(sample))
 
 
-def _operation_cycle(operations: list[Operation] | dict[Operation, float], rng: random.Random) -> list[str]:
+def _operation_cycle(operations: list[Operation] | dict[Operation, float], rng: random.Random) -> list[Operation]:
     """A list as given; weights as a seeded shuffle of ``_WEIGHTED_CYCLE`` entries in proportion."""
     if isinstance(operations, list):
         return list(operations)

@@ -24,7 +24,8 @@ GUIDE_BLOCKS = {
     "brief": ({"algorithm": "zstd", "zstd": {"level": 9, "window_log": 0}}, 9),
 }
 BATCH = b"\n".join(
-    json.dumps({"id": i, "operation": "INSERT", "table": "orders", "after": {"total": i * 13 % 1000, "sku": f"A-{i % 50}"}}).encode()
+    json.dumps({"id": i, "operation": "INSERT", "table": "orders",
+                "after": {"total": i * 13 % 1000, "sku": f"A-{i % 50}"}}).encode()
     for i in range(2000)
 )
 
@@ -62,7 +63,7 @@ def test_one_context_serves_many_batches() -> None:
 
 
 def test_higher_level_compresses_better() -> None:
-    assert len(compressor({"algorithm": "zstd", "zstd": {"level": 19}}).compress(BATCH).data) < \
+    assert len(compressor({"algorithm": "zstd", "zstd": {"level": 12}}).compress(BATCH).data) < \
         len(compressor({"algorithm": "zstd", "zstd": {"level": 1}}).compress(BATCH).data)
 
 

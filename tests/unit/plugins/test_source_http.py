@@ -150,6 +150,7 @@ def test_client_ids_and_timestamps_are_kept(source: HttpSource, core: Core) -> N
 
 def test_202_only_after_commit(source: HttpSource, pool: ThreadPoolExecutor) -> None:
     first = pool.submit(post, source, events(2))
+    wait_until(lambda: source.events_accepted == 2)  # first gets sequence number 1
     second = pool.submit(post, source, EVENT)
     wait_until(lambda: source.events_accepted == 3)
     batch = source.read(1000, 1.0)
@@ -302,9 +303,10 @@ def test_health_404_405(source: HttpSource) -> None:
 # -------------------------------------------------------------------------------- lifecycle
 
 
-def test_close_answers_pending_503_and_stops_the_thread(source: HttpSource, core: Core) -> None:
+def test_close_answers_pending_503_and_stops_the_thread(source: HttpSource, core: Core,
+                                                         pool: ThreadPoolExecutor) -> None:
     core.hold.set()
-    pending: Future[requests.Response] = ThreadPoolExecutor(1).submit(post, source, EVENT)
+    pending: Future[requests.Response] = pool.submit(post, source, EVENT)
     wait_until(lambda: core.batches)  # read, never committed
     thread = source._thread
     assert thread is not None and thread.is_alive()

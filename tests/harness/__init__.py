@@ -1,0 +1,1 @@
+"""Test harness: run a real gateway as a subprocess, and verify what reached its sink."""
