@@ -102,7 +102,7 @@ class AdaptiveBatcher(Batcher):
         rate = self._events / max(now - self._window_start, 1e-9)
         if self._worst > self.target_latency:
             self.max_size = max(self.min_size, self.max_size // 2)
-        elif self._full * 2 >= self._batches or (self.target_throughput and rate < self.target_throughput):
+        elif self._batches and self._full * 2 >= self._batches or (self.target_throughput and rate < self.target_throughput):
             self.max_size = min(self.max_bound, self.max_size + max(1, self.max_size // 4))
         self._window_start, self._worst, self._full, self._batches, self._events = now, 0.0, 0, 0, 0
 
@@ -122,6 +122,12 @@ class TimeBatcher(Batcher):
         if now >= self._tick:
             self._tick = now + self.max_wait_s
         return self._draining
+
+    def take(self, now: float, force: bool = False) -> Batch | None:
+        batch = super().take(now, force)
+        if not self._pending:
+            self._draining = False  # events that arrive after a drain wait for the next tick
+        return batch
 
     def next_deadline(self) -> float | None:
         return self._tick if self._pending else None

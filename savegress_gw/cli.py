@@ -86,8 +86,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     log = configure_logging(profile.logging, "supervisor")
     for warning in validated.warnings:
         log.warning("profile", detail=warning)
-    data = profile.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return Supervisor(profile, data, registry, pm, log).run()
+    return Supervisor(profile, validated.data, registry, pm, log).run()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

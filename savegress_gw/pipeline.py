@@ -100,31 +100,38 @@ class Pipeline:
 
     def _send_new(self, now: float, force: bool) -> bool:
         worked = False
-        while True:
+        while not self._failure_reported():
             batch = self._held or self.batcher.take(now, force=force)
             if batch is None:
                 return worked
-            if self.limiter is not None and self._held is None:
-                wait = self.limiter.acquire(len(batch))
+            if self.limiter is not None:
+                wait = self._held_until - now if self._held is not None else 0.0
+                if wait <= 0:
+                    wait = self.limiter.acquire(len(batch))
                 if wait > 0:
-                    self._held = batch
-                    self._held_until = now + wait
+                    self._held, self._held_until = batch, now + wait
                     return worked
-            elif self._held is not None:
-                if now < self._held_until or (self.limiter and self.limiter.acquire(len(batch)) > 0):
-                    return worked
-                self._held = None
+            self._held = None
             start = self.sent_index
             self.sent_index += len(batch)
             self._send(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)))
             worked = True
+        return worked
+
+    def _failure_reported(self) -> bool:
+        """A send already reported a failure (a synchronous sink does so inside ``send``): newer
+        batches must wait until it is retried, or they would overtake it."""
+        return any(o.status is Status.ERRORED or (o.failed and o.failed_status is Status.ERRORED)
+                   for _, o in self._outcomes)
 
     def _send_retries(self, now: float) -> bool:
-        due = [s for s in self._retries if s.due <= now]
-        for send in due:
-            self._retries.remove(send)
-            self._send(send)
-        return bool(due)
+        """Re-send failed batches in stream order; a later one never goes before an earlier one."""
+        self._retries.sort(key=lambda send: send.start)
+        sent = 0
+        while self._retries and self._retries[0].due <= now:
+            self._send(self._retries.pop(0))
+            sent += 1
+        return bool(sent)
 
     def _send(self, send: _Send) -> None:
         self._inflight += 1

@@ -64,8 +64,16 @@ def _load_entry_points(pm: GatewayPluginManager) -> None:
     # pluggy's load_setuptools_entrypoints would do, but its import errors do not name the plugin.
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
-            if ep.group != hookspecs.PROJECT or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+            if ep.group != hookspecs.PROJECT or pm.is_blocked(ep.name):
                 continue
+            if pm.has_plugin(ep.name):
+                first = pm.distributions[ep.name][0]
+                if first != dist.metadata["name"]:
+                    raise PluginError(
+                        f"entry point {ep.name!r} is declared by both {first} and {dist.metadata['name']}; "
+                        f"uninstall one, or block it with {DISABLE_ENV}={ep.name} and rename the other"
+                    )
+                continue  # the same distribution seen twice on sys.path
             try:
                 plugin = ep.load()
             except Exception as exc:  # any import-time failure of third-party code

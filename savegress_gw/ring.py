@@ -77,6 +77,12 @@ class Ring:
         return cls(shm, owner=False)
 
     @property
+    def max_frame(self) -> int:
+        """Largest frame (header included) that :meth:`write` accepts: half the capacity, so that
+        it always fits an empty ring wherever the write position is."""
+        return self.capacity // 2
+
+    @property
     def name(self) -> str:
         return self._shm.name
 
@@ -116,8 +122,9 @@ class Ring:
     def write(self, payload: bytes) -> None:
         """Append one frame. Raises :class:`RingFull` when it does not fit now (nothing written)."""
         size = _padded(_LEN.size + len(payload))
-        if size > self.capacity:
-            raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the ring capacity of {self.capacity} bytes")
+        if size > self.max_frame:
+            raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the largest frame of this ring "
+                                f"({self.max_frame} bytes, half its capacity)")
         head = self.head
         pos = head % self.capacity
         skip = self.capacity - pos if self.capacity - pos < size else 0

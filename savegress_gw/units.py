@@ -7,6 +7,7 @@ into a validation error at the offending key path.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -26,8 +27,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 100ms, 1s, 5m, 1h or 7d")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative number of seconds")
         return float(value)
     if isinstance(value, str):
         text = value.strip().lower()
@@ -35,9 +36,11 @@ def parse_duration(value: Any) -> float:
         if parts and "".join(f"{n}{u}" for n, u in parts) == text.replace(" ", ""):
             return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
         try:
-            return parse_duration(float(text))
+            number = float(text)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            return parse_duration(number)
     raise ValueError(f"invalid duration {value!r}: expected a number with a unit such as 100ms, 1s, 5m, 1h or 7d")
 
 
@@ -59,11 +62,11 @@ def parse_size(value: Any) -> int:
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds`` in the profile's duration syntax."""
-    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1), ("ms", 1e-3)):
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1), ("ms", 1e-3), ("us", 1e-6)):
         count = seconds / factor
         if count >= 1 and abs(count - round(count)) < 1e-9:
             return f"{round(count)}{unit}"
-    return f"{seconds * 1e6:g}us"
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 Duration = Annotated[

@@ -60,15 +60,24 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
 
-    Raises :class:`ProfileError` naming the key path when a variable is unset and has no default.
+    Raises :class:`ProfileError` naming the key path of every variable that is unset and has no
+    default.
     """
+    problems: list[str] = []
+    result = _interpolate(value, env, "", problems)
+    if problems:
+        raise ProfileError(problems)
+    return result
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -80,7 +89,8 @@ def interpolate(value: Any, env: Mapping[str, str], path: str = "") -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ProfileError([f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)"])
+        problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        return match.group(0)
 
     return _VAR.sub(substitute, value)
 

@@ -180,16 +180,21 @@ def _section_union(spec: PluginSection, registry: Registry) -> Any:
 
 @dataclass
 class Validated:
-    """A validated profile plus the warnings found on the way (keys that had no effect)."""
+    """A validated profile, the warnings found on the way (keys that had no effect), and its input.
+
+    ``data`` is the merged, interpolated input exactly as validated: what child processes get
+    (secrets unmasked, durations as written) to validate again against their own registry.
+    """
 
     profile: ProfileBase
     warnings: list[str]
+    data: dict[str, Any]
 
 
 def validate_profile(data: dict[str, Any], registry: Registry) -> Validated:
     """Validate merged profile data; raise :class:`ProfileError` listing every problem at once."""
     model = build_profile_model(registry)
-    data = dict(data)
+    original, data = data, dict(data)
     problems: list[str] = []
     warnings: list[str] = []
     for spec in PLUGIN_SECTIONS:
@@ -201,12 +206,14 @@ def validate_profile(data: dict[str, Any], registry: Registry) -> Validated:
         raise ProfileError(problems) from None
     if problems:
         raise ProfileError(problems)
-    return Validated(profile, warnings)
+    return Validated(profile, warnings, original)
 
 
 def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, problems: list[str],
             warnings: list[str]) -> None:
     """Resolve the selector of ``spec``'s section in place; strip keys of unselected components."""
+    if spec.key in data and data[spec.key] is None:  # `compression:` with nothing under it
+        data[spec.key] = {}
     raw = data.get(spec.key)
     if raw is None:
         return
@@ -216,6 +223,10 @@ def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, probl
         return
     raw = dict(raw)
     name = raw.get(spec.selector, spec.default)
+    if not isinstance(name, str):
+        problems.append(f"{spec.key}.{spec.selector}: expected a name, got {type(name).__name__}")
+        data.pop(spec.key)
+        return
     name = dict(spec.aliases).get(name, name)
     available = registry.by_kind[spec.kind]
     path = f"{spec.key}.{spec.selector}"

@@ -96,8 +96,6 @@ def test_time_batcher_next_tick_is_one_interval_later() -> None:
     assert batcher.take(tick + 99.0, force=True).ids == ["1"]  # force (shutdown) ignores the interval
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TimeBatcher._draining stays True after the last chunk of a flush, so "
-                                       "events added after a drain go out immediately instead of at the next tick")
 def test_time_batcher_waits_for_the_next_tick_after_a_drain() -> None:
     batcher = TimeBatcher(max_size=10, interval_s=100.0)
     tick = batcher._tick

@@ -62,7 +62,8 @@ def test_quickstart_means_what_its_comment_says(registry) -> None:
 
 def test_low_latency_values(registry) -> None:
     profile = load_profile([ROOT / "config" / "profiles" / "low-latency.yaml"], registry, env={}).profile
-    assert (profile.compression.algorithm, profile.compression.lz4.level, profile.compression.min_size) == ("lz4", 1, 1024)
+    compression = profile.compression
+    assert (compression.algorithm, compression.lz4.level, compression.min_size) == ("lz4", 1, 1024)
     assert (profile.batching.max_size, profile.batching.max_wait, profile.batching.adaptive) == (10, 0.01, False)
     assert (profile.buffer.size, profile.buffer.policy) == (4096, "drop_oldest")
     assert (profile.rate_limiting.tokens_per_second, profile.rate_limiting.burst_size) == (50000, 500)

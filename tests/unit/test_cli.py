@@ -197,3 +197,58 @@ def test_profiles_show_unknown(runs) -> None:
     assert result.returncode == 2
     assert "no bundled profile 'low-latencyy'" in result.stderr
     assert "low-latency" in result.stderr.split("available:")[1]
+
+
+# ------------------------------------------------------------------ what `start` hands the children
+
+
+class _CapturedStart(Exception):
+    def __init__(self, profile, data, registry) -> None:
+        self.profile, self.data, self.registry = profile, data, registry
+
+
+def _start_data(monkeypatch: pytest.MonkeyPatch, profile_path: Path) -> _CapturedStart:
+    """Run ``savegress-gw start`` in-process up to the Supervisor, and capture what it is given."""
+    import structlog
+
+    import savegress_gw.logs
+    import savegress_gw.supervisor
+    from savegress_gw.cli import main
+
+    def supervisor(profile, data, registry, *rest):
+        raise _CapturedStart(profile, data, registry)
+
+    monkeypatch.setattr(savegress_gw.supervisor, "Supervisor", supervisor)
+    monkeypatch.setattr(savegress_gw.logs, "configure_logging", lambda settings, process: structlog.get_logger())
+    with pytest.raises(_CapturedStart) as info:
+        main(["start", "-c", str(profile_path)])
+    return info.value
+
+
+def test_start_hands_children_a_profile_that_validates_to_the_same(monkeypatch, tmp_path: Path) -> None:
+    from savegress_gw.profile.model import validate_profile
+
+    captured = _start_data(monkeypatch, ROOT / "config" / "quickstart.yaml")
+    json.dumps(captured.data)  # plain data: it crosses the process boundary
+    again = validate_profile(captured.data, captured.registry).profile
+    assert again == captured.profile
+
+
+def test_start_hands_children_the_real_auth_token(monkeypatch, tmp_path: Path) -> None:
+    from savegress_gw.profile.model import validate_profile
+
+    profile = tmp_path / "auth.yaml"
+    profile.write_text("source:\n  type: http\n  auth_token: s3cret-token\n")
+    captured = _start_data(monkeypatch, profile)
+    again = validate_profile(captured.data, captured.registry).profile
+    assert again.source.auth_token.get_secret_value() == "s3cret-token"
+
+
+def test_start_hands_children_durations_they_can_read(monkeypatch, tmp_path: Path) -> None:
+    from savegress_gw.profile.model import validate_profile
+
+    profile = tmp_path / "odd.yaml"
+    profile.write_text("batching:\n  max_wait: 1.2345678\n")
+    captured = _start_data(monkeypatch, profile)
+    again = validate_profile(captured.data, captured.registry).profile
+    assert again.batching.max_wait == pytest.approx(1.2345678)

@@ -112,6 +112,24 @@ def test_timestamps() -> None:
     assert ISO.match(now_iso())
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["2024-01-15T10:30:00.123456Z", "2024-02-29T23:59:59.999999Z", "1999-12-31T00:00:00.000001Z",
+     "2024-01-15T10:30:00.5Z", "2024-01-15T10:30:00Z", "2024-01-15T12:30:00.123456+02:00"],
+)
+def test_timestamp_ms_agrees_with_datetime(value: str) -> None:
+    from datetime import datetime
+
+    expected = int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    assert timestamp_ms(value) == expected
+
+
+@pytest.mark.parametrize("value", ["2024-01-15T10:30:99.123456Z", "2024-01-15T10:30X00.123456Z"])
+def test_invalid_timestamps_in_the_envelope_form_are_refused(value: str) -> None:
+    with pytest.raises(EnvelopeError, match="is not ISO 8601"):
+        normalize({"table": "t", "operation": "INSERT", "timestamp": value}, "s")
+
+
 def test_message_key_uses_the_primary_key_columns() -> None:
     assert message_key({"id": "e1", "table": "users", "after": {"id": 1, "name": "a"}}) == "users:1"
     composite = {"id": "e2", "table": "order_items", "after": {"order_id": 7, "line": 2, "sku": "x"},

@@ -73,7 +73,7 @@ def test_hook_gw_register_components() -> None:
     assert (profile.selected("sink"), profile.output.label) == ("recording", "mine")
 
 
-def test_register_is_called_once_per_plugin_with_a_keyword() -> None:
+def test_register_is_called_once_per_plugin() -> None:
     calls = []
 
     class Recorder:

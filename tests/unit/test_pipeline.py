@@ -273,9 +273,6 @@ def test_a_sink_that_raises_is_retried(make_world) -> None:
     assert world.metric("sink_errors_total") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Pipeline._send_new keeps sending newer batches in the same step after "
-                                       "a synchronous sink reported ERRORED from send(); the failed batch is then "
-                                       "retried after them and output order is lost")
 def test_errored_sync_send_stops_newer_sends(make_world) -> None:
     sink = MemorySink(script={2: errored()})
     world = make_world(sink)
@@ -284,9 +281,6 @@ def test_errored_sync_send_stops_newer_sends(make_world) -> None:
     assert sink.delivered == ids(0, 12)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Pipeline retries failed batches in the order their failures were "
-                                       "reported (list order of _retries), not in stream order; two in-flight "
-                                       "batches that fail newest-first are re-sent newest-first")
 def test_failed_in_flight_batches_are_retried_in_stream_order(make_world) -> None:
     sink = MemorySink(script={1: errored(), 2: errored()}, asynchronous=True)
     world = make_world(sink)
@@ -322,11 +316,11 @@ def test_partial_failure_retries_only_the_failed_events(make_world) -> None:
     world.write(4)
     world.write(4)
     world.step(1.0)
-    assert sink.sends == [ids(0, 4), ids(4, 8)]
-    assert sink.delivered == ["e0", "e2"] + ids(4, 8)
+    assert sink.sends == [ids(0, 4)]  # the newer batch waits behind the retry: per-key order
+    assert sink.delivered == ["e0", "e2"]
     assert world.ring.frames_acked == 0  # e1 and e3 are not delivered: frame 1 (and so frame 2) wait
     world.step(2.0)
-    assert sink.sends[2] == ["e1", "e3"]
+    assert sink.sends[1:] == [["e1", "e3"], ids(4, 8)]
     assert world.ring.frames_acked == 2
     assert world.metric("events_processed_total") == 8
     assert world.metric("sink_errors_total") == 1

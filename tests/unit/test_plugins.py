@@ -215,7 +215,8 @@ def test_third_party_entry_point_is_loaded_and_listed(tmp_path: Path, monkeypatc
     registry = collect_components(pm)
     assert "echo" in registry.names("sink")
     (row,) = [r for r in list_plugins(pm, registry) if r.name == "echo"]
-    assert (row.kind, row.entry_point, row.distribution, row.version) == ("sink", "sink.echo", "gw-echo-plugin", "1.2.3")
+    assert (row.kind, row.entry_point) == ("sink", "sink.echo")
+    assert (row.distribution, row.version) == ("gw-echo-plugin", "1.2.3")
     assert row.component == f"{module}.EchoSink"
 
 
@@ -253,3 +254,25 @@ def test_third_party_replaces_a_blocked_built_in(tmp_path: Path, monkeypatch: py
         load_registry()
     block(monkeypatch, "sink.stdout")
     assert load_registry().get("sink", "stdout").__name__ == "BetterStdoutSink"
+
+
+def test_same_entry_point_name_from_two_distributions_is_an_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    module = f"gw_shadow_{uuid.uuid4().hex[:8]}"
+    fake_distribution(tmp_path, "gw-shadow", {"sink.stdout": module}, {module: """
+        from savegress_gw import Outcome, Sink, Status, hookimpl
+
+        class ShadowSink(Sink):
+            name = "shadow"
+
+            def send(self, batch, done):
+                done(Outcome(Status.DELIVERED))
+
+        @hookimpl
+        def gw_register_components(register):
+            register(ShadowSink)
+    """})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="sink.stdout") as info:
+        load_registry()
+    assert "gw-shadow" in str(info.value) and "savegress-gw" in str(info.value)
