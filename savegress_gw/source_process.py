@@ -30,7 +30,7 @@ from savegress_gw.filters import TableFilter
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
 from savegress_gw.ring import Ring, RingFull
-from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, boot_child
+from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, boot_child, tune_gc
 
 READ_CHUNK = 2048
 """Most events asked of the source per read."""
@@ -244,6 +244,7 @@ def main(args: ChildArgs) -> None:
         args.messages.put(("boot_error", "source", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
         sys.exit(EXIT_WORKER_BOOT_ERROR)
     runtime.report("ready", "")
+    tune_gc()
     code = EXIT_OK
     try:
         finished = _run(runtime, router, stop)
@@ -266,7 +267,7 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     source = instantiate("source", profile, registry)
     backpressure = instantiate("backpressure", profile, registry)
     checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type,
-                                 resumable=hasattr(source, "seek"))
+                                 resumable=source.resumable)
     position = checkpoint.load()
 
     def context(kind: str) -> Context:

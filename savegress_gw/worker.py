@@ -24,7 +24,7 @@ from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
 from savegress_gw.ring import Ring
-from savegress_gw.runtime import ChildArgs, ChildRuntime, boot_child
+from savegress_gw.runtime import ChildArgs, ChildRuntime, boot_child, tune_gc
 
 IDLE_SLEEP_S = 0.0005
 
@@ -60,6 +60,7 @@ def main(args: ChildArgs) -> None:
     info = WorkerInfo(args.index, os.getpid(), runtime.profile.gateway.id)
     runtime.plugins.hook.gw_worker_started(worker=info)
     runtime.report("ready", "")
+    tune_gc()
     code = EXIT_OK
     try:
         _run(runtime, pipeline, stop)

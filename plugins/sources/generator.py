@@ -49,6 +49,7 @@ class GeneratorSource(Source):
     """
 
     name = "generator"
+    resumable = True
     trusted: ClassVar[bool] = True
 
     class Config(ComponentConfig):
