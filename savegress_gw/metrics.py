@@ -83,6 +83,18 @@ class MetricsBlock:
     def row(self, index: int) -> "ProcessMetrics":
         return ProcessMetrics(self.array, index * ROW_WIDTH)
 
+    def counter_totals(self) -> dict[str, float]:
+        """Every counter summed over all processes, as ``name`` or ``name_<label value>``."""
+        totals: dict[str, float] = {}
+        for spec in CATALOG:
+            if spec.kind != "counter":
+                continue
+            for i, value in enumerate(spec.values):
+                slot = _OFFSETS[spec.name] + i
+                key = f"{spec.name.removesuffix('_total')}_{value}" if spec.label else spec.name.removesuffix("_total")
+                totals[key] = sum(self.array[row * ROW_WIDTH + slot] for row in range(self.rows))
+        return totals
+
 
 class ProcessMetrics:
     """The writer for one process's row. Call it per batch, not per event."""
@@ -157,7 +169,18 @@ class GatewayCollector(Collector):
                 else:
                     family.add_metric(labels, merged[start])
             yield family
+        yield self._compression_ratio(merged, names)
         yield self._latency_summary(merged, names)
+
+    def _compression_ratio(self, merged: list[float], names: list[str]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(f"{self.namespace}_compression_ratio",
+                                   "Bytes in / bytes out of the gateway compressor, by algorithm used.",
+                                   labels=names + ["algorithm"])
+        bytes_in, bytes_out = _OFFSETS["compression_bytes_in_total"], _OFFSETS["compression_bytes_out_total"]
+        for i, encoding in enumerate(ENCODINGS):
+            if merged[bytes_out + i] > 0:
+                family.add_metric(list(self.const.values()) + [encoding], merged[bytes_in + i] / merged[bytes_out + i])
+        return family
 
     def _latency_summary(self, merged: list[float], names: list[str]) -> SummaryMetricFamily:
         spec = _SPECS["event_latency_histogram_seconds"]

@@ -210,7 +210,8 @@ class Supervisor:
             ring.close()
         if self.status is not None:
             self.status.stop()
-        self.log.info("gateway stopped", exit_status=self.exit_status)
+        totals = {name: int(value) for name, value in self.metrics.counter_totals().items() if value}
+        self.log.info("gateway stopped", exit_status=self.exit_status, **totals)
 
     def _terminate(self, children: list[Child], timeout: float) -> None:
         running = [c.process for c in children if c.process is not None and c.process.is_alive()]

@@ -80,6 +80,17 @@ def test_sigterm_mid_stream_drains_and_resumes_without_loss_or_duplicates(tmp_pa
     verdict = verify_sequences(sequences(tmp_path), count)
     print(f"SIGTERM + restart: {verdict}")
     assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
+    assert_per_key_order(file_sink_events(tmp_path / "out" / "events.jsonl"))
+
+
+def assert_per_key_order(events: list[dict]) -> None:
+    """Two workers share the file, but each key's events must appear in sequence order."""
+    last: dict[tuple[str, int], int] = {}
+    for event in events:
+        key = (event["table"], event["after"]["id"])
+        assert event["after"]["seq"] > last.get(key, 0), f"order broken for {key}"
+        last[key] = event["after"]["seq"]
+    assert len(last) > 1000, "the workload must spread over many keys"
 
 
 def test_a_stalled_worker_is_replaced(tmp_path: Path) -> None:
