@@ -34,13 +34,17 @@ def verify_sequences(sequences: Iterable[int], expected: int) -> Verdict:
 def file_sink_events(path: Path) -> list[dict]:
     """Every event in a file sink's active file and rotated (possibly compressed) segments."""
     encodings = {suffix: encoding for encoding, suffix in FILE_SUFFIX.items() if suffix}
+    segments: list[tuple[int, Path]] = []
+    for candidate in path.parent.glob(path.name + ".*"):
+        number = candidate.name[len(path.name) + 1:].split(".", 1)[0]
+        if number.isdigit() and not candidate.name.endswith("tmp"):
+            segments.append((int(number), candidate))
+    ordered = [p for _, p in sorted(segments)] + ([path] if path.exists() else [])  # oldest first
     events = []
-    for candidate in sorted(path.parent.glob(path.name + "*")):
+    for candidate in ordered:
         data = candidate.read_bytes()
         encoding = encodings.get(candidate.suffix)
         if encoding:
             data = decompress(data, encoding)
-        elif candidate.suffix.endswith("tmp"):
-            continue
         events.extend(orjson.loads(line) for line in data.splitlines() if line.strip())
     return events
