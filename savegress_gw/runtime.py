@@ -12,6 +12,7 @@ import gc
 import os
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,29 @@ class ChildRuntime:
 
     def report(self, kind: str, text: str) -> None:
         self.args.messages.put((kind, self.name, text))
+
+
+class StopRequest:
+    """The SIGTERM handler of a child: records the request; the loop then drains until a deadline."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._deadline: float | None = None
+        signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def deadline(self, now: float, grace_s: float) -> float | None:
+        """None while running; once stop was requested, ``now + grace_s`` of the first call after it."""
+        if self.requested and self._deadline is None:
+            self._deadline = now + grace_s
+        return self._deadline
+
+
+def report_boot_error(args: ChildArgs, name: str, exc: BaseException) -> None:
+    """Tell the supervisor why this child could not start (it then halts the gateway)."""
+    args.messages.put(("boot_error", name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
 
 
 def tune_gc() -> None:

@@ -12,10 +12,8 @@ policy applies (``block``, ``drop_newest``, ``drop_oldest``). Every drop is coun
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-import traceback
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from savegress_gw.filters import TableFilter
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
 from savegress_gw.ring import Ring, RingFull
-from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, boot_child, tune_gc
+from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
 READ_CHUNK = 2048
 """Most events asked of the source per read."""
@@ -225,23 +223,15 @@ class Router:
         self.metrics.set("checkpoint_age_seconds", now - self.checkpoint.saved_at)
 
 
-class _Stop:
-    requested = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.requested = True
-
-
 def main(args: ChildArgs) -> None:
     """Entry point of the source process."""
-    stop = _Stop()
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopRequest()
     try:
         runtime = boot_child(args, "source", SOURCE_SLOT)
         log = configure_logging(runtime.profile.logging, "source")
         router = _build(runtime, log)
     except Exception as exc:
-        args.messages.put(("boot_error", "source", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        report_boot_error(args, "source", exc)
         sys.exit(EXIT_WORKER_BOOT_ERROR)
     runtime.report("ready", "")
     tune_gc()
@@ -285,18 +275,16 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     return Router(runtime, source, backpressure, checkpoint, lanes, log)
 
 
-def _run(runtime: ChildRuntime, router: Router, stop: _Stop) -> bool:
+def _run(runtime: ChildRuntime, router: Router, stop: StopRequest) -> bool:
     """Pump until stopped (drain in-flight first) or the source is exhausted. True if exhausted."""
     graceful = runtime.profile.gateway.graceful_timeout
-    deadline: float | None = None
     while True:
         now = time.monotonic()
         runtime.beat(now)
         router.collect_acks()
         router.metrics.set("buffer_utilization", router.utilization)
         router.checkpoint_if_due(now)
-        if stop.requested and deadline is None:
-            deadline = now + graceful
+        deadline = stop.deadline(now, graceful)
         if deadline is not None and (router.idle or now > deadline):
             router.checkpoint_if_due(now, force=True)
             return False

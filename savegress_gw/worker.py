@@ -10,10 +10,8 @@ the worker exits once all deliveries settled or ``gateway.graceful_timeout`` pas
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 
 from savegress_gw.assembly import instantiate
@@ -24,7 +22,7 @@ from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
 from savegress_gw.ring import Ring
-from savegress_gw.runtime import ChildArgs, ChildRuntime, boot_child, tune_gc
+from savegress_gw.runtime import ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
 IDLE_SLEEP_S = 0.0005
 
@@ -38,24 +36,16 @@ class WorkerInfo:
     gateway_id: str
 
 
-class _Stop:
-    requested = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.requested = True
-
-
 def main(args: ChildArgs) -> None:
     """Entry point of a worker process (the target the supervisor spawns)."""
     name = f"worker-{args.index}"
-    stop = _Stop()
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopRequest()
     try:
         runtime = boot_child(args, name, args.index + 1)
         log = configure_logging(runtime.profile.logging, name)
         pipeline, components = _build(runtime, log)
     except Exception as exc:
-        args.messages.put(("boot_error", name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        report_boot_error(args, name, exc)
         sys.exit(EXIT_WORKER_BOOT_ERROR)
     info = WorkerInfo(args.index, os.getpid(), runtime.profile.gateway.id)
     runtime.plugins.hook.gw_worker_started(worker=info)
@@ -102,14 +92,12 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
     return pipeline, opened
 
 
-def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: _Stop) -> None:
+def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: StopRequest) -> None:
     graceful = runtime.profile.gateway.graceful_timeout
-    deadline: float | None = None
     while True:
         now = time.monotonic()
         runtime.beat(now)
-        if stop.requested and deadline is None:
-            deadline = now + graceful
+        deadline = stop.deadline(now, graceful)
         draining = deadline is not None
         worked = pipeline.step(now, draining=draining)
         if draining and (pipeline.settled() or now > deadline):
