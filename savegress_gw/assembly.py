@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from savegress_gw.components import Component
+from savegress_gw.components import Component, Context
+from savegress_gw.errors import PluginError
 from savegress_gw.plugins import Registry
 from savegress_gw.profile.model import ProfileBase
 
@@ -18,3 +19,15 @@ def instantiate(kind: str, profile: ProfileBase, registry: Registry) -> Componen
     section = profile.section_of(kind)
     own = {field: getattr(section, field) for field in cls.Config.model_fields}
     return cls(cls.Config.model_validate(own))
+
+
+def open_component(component: Component, context: Context) -> None:
+    """``component.open(context)``; a failure is re-raised naming the component and its plugin."""
+    try:
+        component.open(context)
+    except Exception as exc:
+        cls = type(component)
+        raise PluginError(
+            f"{cls.kind} {cls.name!r} ({cls.__module__}.{cls.__qualname__}) failed to open: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -216,8 +216,13 @@ class Source(Component):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a position")
 
-    def commit(self, position: Any) -> None:
-        """Everything up to and including ``position`` is delivered or parked: confirm it upstream."""
+    def commit(self, position: Any, dropped: int = 0) -> None:
+        """Everything up to and including ``position`` is delivered, parked or dropped: confirm it.
+
+        ``dropped`` counts the events of the batch that ended at ``position`` which an explicit
+        drop policy (``drop_newest``, ``drop_oldest``) discarded; a batch with drops is always
+        committed on its own, so a source that answers callers can tell them exactly.
+        """
 
     def pause(self) -> None:
         """Backpressure engaged: stop taking new events (e.g. answer 429) until ``resume``."""

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from savegress_gw.assembly import instantiate
+from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.checkpoint import CheckpointStore
 from savegress_gw.components import Backpressure, Batch, Context, Source
 from savegress_gw.envelope import EnvelopeError, encode, normalize
@@ -38,6 +38,7 @@ READ_CHUNK = 2048
 class _ReadBatch:
     position: Any
     remaining: int
+    dropped: int = 0
 
 
 @dataclass
@@ -100,12 +101,18 @@ class Router:
         self._commit()
 
     def _commit(self) -> None:
-        position = None
+        """Commit fully settled read batches in read order; one with drops on its own."""
+        pending = None
         while self.reads and self.reads[0].remaining <= 0:
-            position = self.reads.popleft().position
-        if position is not None:
-            self.source.commit(position)
-            self.committed = position
+            read = self.reads.popleft()
+            if read.dropped:
+                self.source.commit(read.position, dropped=read.dropped)
+                pending = None
+            else:
+                pending = read.position
+            self.committed = read.position
+        if pending is not None:
+            self.source.commit(pending)
 
     # ------------------------------------------------------------------ reading
 
@@ -144,6 +151,7 @@ class Router:
         self.reads.append(read)
         if drop_newest:
             self.metrics.inc("events_dropped_total", len(events), label="drop_newest")
+            read.dropped = len(events)
             return
         kept = self.filter.apply(events)
         if len(kept) != len(events):
@@ -214,6 +222,7 @@ class Router:
             while lane.staged and self.utilization > 1.0:
                 frame = lane.staged.popleft()
                 frame.read.remaining -= frame.events
+                frame.read.dropped += frame.events
                 self.staged -= frame.events
                 self.metrics.inc("events_dropped_total", frame.events, label="drop_oldest")
 
@@ -264,9 +273,9 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
         return Context(process="source", worker_index=-1, log=log.bind(component=kind), profile=profile,
                        shared=runtime.args.shared.get(kind))
 
-    source.open(context("source"))
+    open_component(source, context("source"))
     if backpressure is not None:
-        backpressure.open(context("backpressure"))
+        open_component(backpressure, context("backpressure"))
     if position is not None:
         source.seek(position)
         log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))

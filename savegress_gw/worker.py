@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from savegress_gw.assembly import instantiate
+from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.batching import make_batcher
 from savegress_gw.components import Compressor, Context
 from savegress_gw.compressing import MeteredCompressor
@@ -79,13 +79,13 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
 
     metered: Compressor | None = None
     if compressor is not None:
-        compressor.open(context("compressor"))
+        open_component(compressor, context("compressor"))
         opened.append(compressor)
         metered = MeteredCompressor(compressor, runtime.metrics)
     if limiter is not None:
-        limiter.open(context("limiter"))
+        open_component(limiter, context("limiter"))
         opened.append(limiter)
-    sink.open(context("sink", compressor=metered))
+    open_component(sink, context("sink", compressor=metered))
     opened.append(sink)
     pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, profile.retry, runtime.metrics,
                         log.bind(component="pipeline"))

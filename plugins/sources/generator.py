@@ -115,7 +115,7 @@ class GeneratorSource(Source):
         self._seq += n
         return SourceBatch(self._events(first, n, now_iso()), self._seq)
 
-    def commit(self, position: Any) -> None:
+    def commit(self, position: Any, dropped: int = 0) -> None:
         self.committed = position
 
     @property

@@ -254,7 +254,7 @@ class HttpSource(Source):
         self._next_seq = 1
         self._paused = False
         self._closing = False
-        self._waiters: dict[int, asyncio.Future[bool]] = {}  # seq → outcome; loop thread only
+        self._waiters: dict[int, asyncio.Future[int | None]] = {}  # seq → outcome; loop thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -281,27 +281,21 @@ class HttpSource(Source):
         self._log.info("http source listening", url=self.url, path=self.config.path)
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
-        """Whole requests, oldest first, up to ``max_events`` events (a larger first request is
-        returned alone); ``position`` is the last request's sequence number. Waits at most
-        ``timeout_s`` for a request; ``None`` if none came."""
+        """The oldest request, whole (whatever ``max_events`` says); ``position`` is its sequence
+        number. One request per batch, so that drops and commits map to exactly one caller.
+        Waits at most ``timeout_s`` for a request; ``None`` if none came."""
         with self._cond:
             self._cond.wait_for(lambda: self._queue or self._closing, timeout_s)
             if not self._queue:
                 return None
-            taken = [self._queue.popleft()]
-            count = len(taken[0].events)
-            while self._queue and count + len(self._queue[0].events) <= max_events:
-                taken.append(self._queue.popleft())
-                count += len(taken[-1].events)
-            self._queued_events -= count
-        events: list[dict[str, Any]] = []
-        for request in taken:
-            events.extend(request.events)
-        return SourceBatch(events, taken[-1].seq)
+            request = self._queue.popleft()
+            self._queued_events -= len(request.events)
+        return SourceBatch(request.events, request.seq)
 
-    def commit(self, position: int) -> None:
-        """Answer 202 to every request with a sequence number up to ``position``."""
-        self._call_in_loop(self._settle, position, True)
+    def commit(self, position: int, dropped: int = 0) -> None:
+        """Answer 202 to every request with a sequence number up to ``position``; the request at
+        ``position`` learns that ``dropped`` of its events were discarded by a drop policy."""
+        self._call_in_loop(self._settle, position, dropped)
 
     def pause(self) -> None:
         """New requests get 429 until ``resume``; queued ones are still read and answered."""
@@ -356,17 +350,18 @@ class HttpSource(Source):
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         started.set_result(runner.addresses[0][1])
         await self._stop.wait()
-        self._settle(None, False)
+        self._settle(None, None)
         await runner.cleanup()
 
-    def _settle(self, position: int | None, committed: bool) -> None:
-        """Resolve the waiters up to ``position`` (all when None) with ``committed``."""
+    def _settle(self, position: int | None, dropped: int | None) -> None:
+        """Resolve the waiters up to ``position`` (all when None): with the number of events
+        dropped by policy (0 for all but the one at ``position``), or None when not committed."""
         for seq in list(self._waiters):
             if position is not None and seq > position:
                 break  # waiters are registered in sequence order
             waiter = self._waiters.pop(seq)
             if not waiter.done():
-                waiter.set_result(committed)
+                waiter.set_result(None if dropped is None else dropped if seq == position else 0)
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         status = 503 if self._closing else 200
@@ -426,7 +421,7 @@ class HttpSource(Source):
     async def _deliver(self, events: list[dict[str, Any]]) -> web.Response:
         """Queue ``events`` as one request and wait for its commit: 202, or 504 after
         ``ack_timeout``, or 503 when the source closes first."""
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         with self._cond:
             self._check_admission()  # pause or close may have come while the body was read
             seq = self._next_seq
@@ -437,7 +432,7 @@ class HttpSource(Source):
             self._cond.notify()
         self.events_accepted += len(events)
         try:
-            committed = await asyncio.wait_for(waiter, self.config.ack_timeout)
+            dropped = await asyncio.wait_for(waiter, self.config.ack_timeout)
         except asyncio.TimeoutError:
             raise _Reject(504, "delivery not confirmed",
                           f"the events were accepted but their delivery was not confirmed within "
@@ -445,10 +440,12 @@ class HttpSource(Source):
                           f"deliver them twice (at-least-once)") from None
         finally:
             self._waiters.pop(seq, None)
-        if not committed:
+        if dropped is None:
             raise _Reject(503, "shutting down",
                           "the gateway is shutting down before the delivery of these events was confirmed; "
                           "they may or may not have been delivered, retry (at-least-once)")
+        if dropped:
+            return _json_response(202, {"accepted": len(events) - dropped, "dropped": dropped})
         return _json_response(202, {"accepted": len(events)})
 
 

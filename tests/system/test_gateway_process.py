@@ -130,6 +130,7 @@ def test_a_worker_that_cannot_boot_halts_the_gateway(tmp_path: Path) -> None:
     assert gateway.wait(60) == 3
     stderr = gateway.stderr()
     assert "failed to start" in stderr and "not-a-directory" in stderr
+    assert "sink 'file'" in stderr, "the error names the plugin"
     assert stderr.count("child exited, replacing it") == 0, "must halt, not crash-loop"
 
 

@@ -153,8 +153,8 @@ def test_202_only_after_commit(source: HttpSource, pool: ThreadPoolExecutor) -> 
     wait_until(lambda: source.events_accepted == 2)  # first gets sequence number 1
     second = pool.submit(post, source, EVENT)
     wait_until(lambda: source.events_accepted == 3)
-    batch = source.read(1000, 1.0)
-    assert batch is not None and len(batch.events) == 3 and batch.position == 2  # both requests, one batch
+    batches = [source.read(1000, 1.0), source.read(1000, 1.0)]  # one request per batch
+    assert [(len(b.events), b.position) for b in batches] == [(2, 1), (1, 2)]
     time.sleep(0.2)
     assert not first.done() and not second.done()  # read but not committed: still pending
     source.commit(1)
@@ -163,6 +163,14 @@ def test_202_only_after_commit(source: HttpSource, pool: ThreadPoolExecutor) -> 
     assert not second.done()
     source.commit(2)
     assert second.result(5).json() == {"accepted": 1}
+
+
+def test_events_dropped_by_policy_are_reported_to_their_request(source: HttpSource, pool: ThreadPoolExecutor) -> None:
+    response = pool.submit(post, source, events(5))
+    batch = source.read(1000, 5.0)
+    assert batch is not None
+    source.commit(batch.position, dropped=2)
+    assert response.result(5).json() == {"accepted": 3, "dropped": 2}
 
 
 def test_read_keeps_requests_whole(source: HttpSource, pool: ThreadPoolExecutor) -> None:
