@@ -49,6 +49,7 @@ CATALOG = (
     MetricSpec("events_processed_total", "counter", "Events delivered to the sink and acknowledged."),
     MetricSpec("events_dropped_total", "counter", "Events dropped by an explicit policy, by reason.",
                "reason", DROP_REASONS),
+    MetricSpec("events_dead_lettered_total", "counter", "Events parked in the dead-letter queue."),
     MetricSpec("batches_sent_total", "counter", "Batches handed to the sink (retries included)."),
     MetricSpec("sink_errors_total", "counter", "Failed sink sends (each retry that failed counts)."),
     MetricSpec("backpressure_events_total", "counter", "Times backpressure engaged."),

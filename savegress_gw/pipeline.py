@@ -2,10 +2,14 @@
 
 Bookkeeping is by event index in the worker's stream: every event read from the ring gets the
 next index, every batch covers a contiguous index range, and a frame is acknowledged in the ring
-once every index up to its last event is delivered (or, for rejected events, dropped and counted;
-the dead-letter queue takes them in a later issue). Sends complete out of order; acknowledgements
-never do. A batch that failed transiently is retried with backoff (``retry.*``) before any newer
-batch is sent, so per-key order holds through retries.
+once every index up to its last event is delivered or parked in the dead-letter queue. Sends
+complete out of order; acknowledgements never do. A batch that failed transiently is retried with
+backoff before any newer batch is sent, so per-key order holds through retries.
+
+Parking: events the sink REJECTED, and events whose retries are exhausted, go to the dead-letter
+queue with the reason. Without one, rejected events are dropped (counted, logged by id) and
+transient failures are retried forever: nothing is lost silently. If the dead-letter queue itself
+fails, the events wait and the parking is retried.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import msgpack
 
 from savegress_gw.batching import Batcher
-from savegress_gw.components import Batch, Limiter, Outcome, Sink, Status
+from savegress_gw.components import Batch, DeadLetterQueue, Limiter, Outcome, Sink, Status
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
@@ -50,9 +54,11 @@ class Pipeline:
     """One worker's pipeline. Call :meth:`step` from the work loop until :meth:`settled`."""
 
     def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
-                 metrics: ProcessMetrics, log: object) -> None:
+                 metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
+                 origin: str = "") -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
         self.retry_settings, self.metrics, self.log = retry, metrics, log
+        self.dlq, self.origin = dlq, origin
         self.read_index = 0
         self.sent_index = 0
         self.delivered_upto = 0
@@ -156,10 +162,10 @@ class Pipeline:
                 self._delivered(send.batch.take(sorted(set(range(len(send.batch))) - set(outcome.failed))), now)
             self.metrics.inc("sink_errors_total")
             send.backoff.failed()
-            if status is Status.REJECTED:
-                self._reject(failed, outcome.reason, send.backoff.attempts)
-                self._complete(send.start, send.end)
-                continue
+            if status is Status.REJECTED or (self.dlq is not None and send.backoff.exhausted):
+                if self._park(failed, outcome.reason, send.backoff.attempts):
+                    self._complete(send.start, send.end)
+                    continue
             delay = send.backoff.next_delay(outcome.retry_after_s)
             self.log.warning("sink send failed, retrying", reason=outcome.reason, events=len(failed),
                              attempt=send.backoff.attempts, retry_in_s=round(delay, 3))
@@ -168,17 +174,29 @@ class Pipeline:
         self._acknowledge()
         return worked
 
+    def _park(self, batch: Batch, reason: str, attempts: int) -> bool:
+        """Put ``batch`` in the dead-letter queue (or drop it, without one); False if that failed."""
+        if self.dlq is None:
+            self.metrics.inc("events_dropped_total", len(batch), label="rejected")
+            self.log.error("sink rejected events; no dead-letter queue is configured, dropping them",
+                           reason=reason, attempts=attempts, events=len(batch), event_ids=batch.ids[:20])
+            return True
+        try:
+            self.dlq.put(batch, reason, attempts, self.origin)
+        except Exception as exc:  # the DLQ is down too: keep the events, retry later
+            self.log.error("dead-letter queue failed; the events wait and parking is retried",
+                           error=f"{type(exc).__name__}: {exc}", events=len(batch))
+            return False
+        self.metrics.inc("events_dead_lettered_total", len(batch))
+        self.log.warning("events parked in the dead-letter queue", reason=reason, attempts=attempts,
+                         events=len(batch), event_ids=batch.ids[:20])
+        return True
+
     @staticmethod
     def _failed_part(batch: Batch, outcome: Outcome) -> tuple[Batch, Status]:
         if outcome.failed:
             return batch.take(outcome.failed), outcome.failed_status
         return batch, outcome.status
-
-    def _reject(self, batch: Batch, reason: str, attempts: int) -> None:
-        # Without a dead-letter queue (issue 4) rejected events are dropped, counted and logged by id.
-        self.metrics.inc("events_dropped_total", len(batch), label="rejected")
-        self.log.error("sink rejected events; no dead-letter queue is configured, dropping them",
-                       reason=reason, attempts=attempts, events=len(batch), event_ids=batch.ids[:20])
 
     def _delivered(self, batch: Batch, now: float) -> None:
         self.metrics.inc("events_processed_total", len(batch))

@@ -71,6 +71,7 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
     compressor = instantiate("compressor", profile, registry)
     limiter = instantiate("limiter", profile, registry)
     sink = instantiate("sink", profile, registry)
+    dlq = instantiate("dlq", profile, registry)
     opened = []
 
     def context(kind: str, **extra: object) -> Context:
@@ -87,8 +88,13 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
         opened.append(limiter)
     open_component(sink, context("sink", compressor=metered))
     opened.append(sink)
-    pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, profile.retry, runtime.metrics,
-                        log.bind(component="pipeline"))
+    retry = profile.retry
+    if dlq is not None:
+        open_component(dlq, context("dlq", compressor=metered))
+        opened.append(dlq)
+        retry = profile.dlq.retry_settings(retry)
+    pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, retry, runtime.metrics,
+                        log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}")
     return pipeline, opened
 
 

@@ -34,7 +34,15 @@ class PluginSection:
     """Names the configuration surface defines: unregistered ones are 'not implemented yet'."""
     aliases: tuple[tuple[str, str], ...] = ()
     absent_means_off: bool = False
-    """When the whole section is missing, no component of this kind is built."""
+    """When the whole section is missing (or says ``enabled: false``), no component is built."""
+    default_by_output: tuple[tuple[str, str], ...] = ()
+    """Selector defaults that depend on ``output.type`` (the DLQ of a Kafka output is a topic)."""
+
+    def default_for(self, data: dict[str, Any]) -> str:
+        output = data.get("output")
+        output_type = output.get("type") if isinstance(output, dict) else None
+        return dict(self.default_by_output).get(output_type, self.default) if isinstance(output_type, str) \
+            else self.default
 
 
 PLUGIN_SECTIONS = (
@@ -56,6 +64,8 @@ PLUGIN_SECTIONS = (
     PluginSection("backpressure", "backpressure", "strategy", "pause", s.BackpressureSection,
                   ("pause", "drop_oldest", "drop_newest", "buffer", "adaptive_throttle", "weighted_fair",
                    "deadline")),
+    PluginSection("dlq", "dlq", "type", "file", s.DlqSection, ("file", "kafka"), absent_means_off=True,
+                  default_by_output=(("kafka", "kafka"),)),
 )
 SECTION_BY_KIND = {section.kind: section for section in PLUGIN_SECTIONS}
 SECTION_BY_KEY = {section.key: section for section in PLUGIN_SECTIONS}
@@ -73,7 +83,6 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
 }
 
 NOT_YET_SECTIONS = {
-    "dlq": "dead-letter queue, issue 4",
     "circuit_breaker": "circuit breaker, issue 4",
     "exactly_once": "exactly-once delivery, issue 6",
     "snapshot": "snapshots, with the PostgreSQL source (issue 5)",
@@ -222,7 +231,10 @@ def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, probl
         data.pop(spec.key)
         return
     raw = dict(raw)
-    name = raw.get(spec.selector, spec.default)
+    if spec.absent_means_off and raw.get("enabled") is False:
+        data[spec.key] = None  # switched off: nothing of it is used, so nothing of it is checked
+        return
+    name = raw.get(spec.selector, spec.default_for(data))
     if not isinstance(name, str):
         problems.append(f"{spec.key}.{spec.selector}: expected a name, got {type(name).__name__}")
         data.pop(spec.key)
@@ -240,8 +252,6 @@ def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, probl
             problems.append(f"{path}: unknown {spec.kind} {name!r}{suggestion} (installed: {', '.join(sorted(available))})")
         data.pop(spec.key)
         return
-    if spec.selector in raw:
-        raw[spec.selector] = name
     own = set(spec.base.model_fields) | set(available[name].Config.model_fields) | {spec.selector}
     for other_name, other in available.items():
         for field in sorted(set(other.Config.model_fields) - own):
@@ -256,6 +266,7 @@ def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, probl
                 )
             warnings.append(f"{spec.key}.{field}: ignored, it configures {spec.selector} {other_name!r} "
                             f"but {path} is {name!r}")
+    raw[spec.selector] = name
     data[spec.key] = raw
 
 
@@ -282,7 +293,7 @@ def _valid_keys(parents: list[Any], registry: Registry, data: dict[str, Any]) ->
     if head in SECTION_BY_KEY:
         spec = SECTION_BY_KEY[head]
         raw = data.get(head) if isinstance(data.get(head), dict) else {}
-        cls = registry.get(spec.kind, raw.get(spec.selector, spec.default))
+        cls = registry.get(spec.kind, raw.get(spec.selector, spec.default_for(data)))
         current: Any = section_model(spec, cls) if cls else None
     else:
         current = CORE_SECTIONS.get(head)

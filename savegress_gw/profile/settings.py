@@ -282,3 +282,37 @@ class BackpressureSection(Section):
                 f"low_watermark ({self.low_watermark}) must be below high_watermark ({self.high_watermark})"
             )
         return self
+
+
+class DlqSection(Section):
+    """Keys every dead-letter queue has: when an event is parked instead of retried."""
+
+    enabled: bool = True
+    """Off: rejected events are dropped and counted, failing sends are retried forever."""
+    max_retries: int | None = Field(None, ge=0)
+    """Retries after the first attempt before events are parked (default: ``retry.max_attempts`` - 1)."""
+    retry_delay: Duration | None = None
+    """First retry delay before parking (default: ``retry.initial_delay``)."""
+    exponential_backoff: bool | None = None
+    """Double the delay on each retry (default: ``retry.multiplier`` applies)."""
+    max_retry_delay: Duration | None = None
+    """Cap of the retry delay (default: ``retry.max_delay``)."""
+    preserve_order: not_yet("holding later events of a parked key, issue 4") = None
+    base_dir: not_yet("file dead-letter queue, issue 4") = None
+    segment_size: not_yet("file dead-letter queue, issue 4") = None
+    retention_days: not_yet("file dead-letter queue, issue 4") = None
+    max_messages: not_yet("file dead-letter queue, issue 4") = None
+    compression: not_yet("file dead-letter queue, issue 4") = None
+
+    def retry_settings(self, retry: RetrySettings) -> RetrySettings:
+        """``retry`` with this section's explicit keys applied: the policy that decides parking."""
+        changes: dict[str, Any] = {}
+        if self.max_retries is not None:
+            changes["max_attempts"] = self.max_retries + 1
+        if self.retry_delay is not None:
+            changes["initial_delay"] = self.retry_delay
+        if self.exponential_backoff is not None:
+            changes["multiplier"] = 2.0 if self.exponential_backoff else 1.0
+        if self.max_retry_delay is not None:
+            changes["max_delay"] = self.max_retry_delay
+        return retry.model_copy(update=changes)

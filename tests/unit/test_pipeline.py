@@ -15,7 +15,7 @@ import structlog
 from prometheus_client.registry import CollectorRegistry
 
 from savegress_gw.batching import Batcher
-from savegress_gw.components import Batch, ComponentConfig, Limiter, Outcome, Sink, Status
+from savegress_gw.components import Batch, ComponentConfig, DeadLetterQueue, Limiter, Outcome, Sink, Status
 from savegress_gw.metrics import GatewayCollector, MetricsBlock
 from savegress_gw.pipeline import Pipeline, decode_frame, encode_frame
 from savegress_gw.profile.settings import RetrySettings
@@ -104,12 +104,13 @@ class World:
     """A ring, a pipeline on it and its metrics; ``write`` frames, ``step`` at an explicit time."""
 
     def __init__(self, sink: MemorySink, max_size: int = 4, max_wait: float = 60.0,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, dlq: DeadLetterQueue | None = None,
+                 retry: RetrySettings = RETRY) -> None:
         self.ring = Ring.create(f"sgw-test-{uuid.uuid4().hex[:12]}", 1 << 16)
         self.sink = sink
         self.block = MetricsBlock(1)
-        self.pipeline = Pipeline(self.ring, sink, Batcher(max_size, max_wait), limiter, RETRY, self.block.row(0),
-                                 structlog.get_logger())
+        self.pipeline = Pipeline(self.ring, sink, Batcher(max_size, max_wait), limiter, retry, self.block.row(0),
+                                 structlog.get_logger(), dlq, origin="gw/worker-0")
         self.frame_ends: list[int] = []
         self.written = 0
 
@@ -388,3 +389,61 @@ def test_rate_limiter_holds_batches_until_it_allows(make_world) -> None:
     world.step(1.6)
     assert sink.sends == [ids(0, 4)]
     assert len(gate.latencies) == 1 and gate.latencies[0] >= 0
+
+
+class MemoryDeadLetterQueue(DeadLetterQueue):
+    """Parks in a list; fails the first ``failures`` puts like a dead-letter store that is down."""
+
+    name = "memory"
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(DeadLetterQueue.Config())
+        self.parked: list[tuple[list[str], str, int, str]] = []
+        self.failures = failures
+
+    def put(self, batch: Batch, reason: str, attempts: int, origin: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("dead-letter store unavailable")
+        self.parked.append((list(batch.ids), reason, attempts, origin))
+
+
+def test_rejected_events_are_parked_with_reason_and_origin(make_world) -> None:
+    dlq = MemoryDeadLetterQueue()
+    world = make_world(MemorySink(script={2: partly([1], Status.REJECTED)}), dlq=dlq)
+    for _ in range(3):
+        world.write(4)
+    world.run_until_settled()
+    assert dlq.parked == [(["e5"], "some failed", 1, "gw/worker-0")]
+    assert world.metric("events_dead_lettered_total") == 1
+    assert world.metric("events_dropped_total", reason="rejected") == 0
+    assert (world.ring.frames_acked, world.ring.used) == (3, 0)
+
+
+def test_exhausted_retries_are_parked_only_with_a_dead_letter_queue(make_world) -> None:
+    always_failing = {n: errored("down") for n in range(1, 4)}
+    dlq = MemoryDeadLetterQueue()
+    world = make_world(MemorySink(script=dict(always_failing)), dlq=dlq,
+                       retry=RETRY.model_copy(update={"max_attempts": 3}))
+    world.write(4)
+    world.run_until_settled()
+    assert dlq.parked == [(ids(0, 4), "down", 3, "gw/worker-0")]
+    assert world.ring.frames_acked == 1
+
+    without = make_world(MemorySink(script=dict(always_failing)), retry=RETRY.model_copy(update={"max_attempts": 3}))
+    without.write(4)
+    without.run_until_settled()  # no dead-letter queue: it kept retrying until the sink recovered
+    assert without.sink.delivered == ids(0, 4)
+    assert len(without.sink.sends) == 4
+
+
+def test_a_failing_dead_letter_queue_keeps_the_events_and_retries(make_world) -> None:
+    dlq = MemoryDeadLetterQueue(failures=2)
+    world = make_world(MemorySink(script={1: rejected("poison"), 2: rejected("poison"), 3: rejected("poison")}),
+                       dlq=dlq)
+    world.write(4)
+    world.step(1.0)
+    assert dlq.parked == [] and world.ring.frames_acked == 0
+    world.run_until_settled()
+    assert dlq.parked == [(ids(0, 4), "poison", 3, "gw/worker-0")]
+    assert world.ring.frames_acked == 1
