@@ -59,6 +59,7 @@ CATALOG = (
     MetricSpec("compression_bytes_out_total", "counter", "Bytes the gateway compressor produced.", "algorithm",
                ENCODINGS),
     MetricSpec("buffer_utilization", "gauge", "Fill ratio (0-1) of the buffer between source and sink."),
+    MetricSpec("circuit_breaker_state", "gauge", "Sink circuit breaker: 0 closed, 1 half-open, 2 open (worst worker)."),
     MetricSpec("checkpoint_age_seconds", "gauge", "Seconds since the source position was last checkpointed."),
     MetricSpec("event_latency_histogram_seconds", "histogram", "Gateway ingest to sink acknowledgement.",
                buckets=LATENCY_BUCKETS),

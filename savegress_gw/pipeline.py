@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import msgpack
 
 from savegress_gw.batching import Batcher
+from savegress_gw.circuit import CircuitBreaker, State
 from savegress_gw.components import Batch, DeadLetterQueue, Limiter, Outcome, Sink, Status
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.profile.settings import RetrySettings
@@ -55,10 +56,10 @@ class Pipeline:
 
     def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
                  metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
-                 origin: str = "") -> None:
+                 origin: str = "", breaker: CircuitBreaker | None = None) -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
         self.retry_settings, self.metrics, self.log = retry, metrics, log
-        self.dlq, self.origin = dlq, origin
+        self.dlq, self.origin, self.breaker = dlq, origin, breaker
         self.read_index = 0
         self.sent_index = 0
         self.delivered_upto = 0
@@ -89,6 +90,8 @@ class Pipeline:
     def idle_deadline(self) -> float | None:
         """The next moment something becomes due without new input (batch timeout or retry)."""
         deadlines = [s.due for s in self._retries]
+        if self.breaker is not None and self.breaker.state is State.OPEN:
+            deadlines.append(self.breaker.reopens_at())
         if (d := self.batcher.next_deadline()) is not None:
             deadlines.append(d)
         return min(deadlines) if deadlines else None
@@ -106,7 +109,7 @@ class Pipeline:
 
     def _send_new(self, now: float, force: bool) -> bool:
         worked = False
-        while not self._failure_reported():
+        while not self._failure_reported() and self._breaker_allows(now):
             batch = self._held or self.batcher.take(now, force=force)
             if batch is None:
                 return worked
@@ -134,12 +137,30 @@ class Pipeline:
         """Re-send failed batches in stream order; a later one never goes before an earlier one."""
         self._retries.sort(key=lambda send: send.start)
         sent = 0
-        while self._retries and self._retries[0].due <= now:
+        while self._retries and self._retries[0].due <= now and self._breaker_allows(now):
             self._send(self._retries.pop(0))
             sent += 1
         return bool(sent)
 
+    def _breaker_allows(self, now: float) -> bool:
+        return self.breaker is None or self.breaker.allow(now)
+
+    def _breaker_record(self, outcome: Outcome, now: float) -> None:
+        """Feed the breaker: transient failures count against the sink, rejections do not."""
+        if self.breaker is None:
+            return
+        before = self.breaker.state
+        transient = outcome.status is Status.ERRORED or (outcome.failed and outcome.failed_status is Status.ERRORED)
+        (self.breaker.failed if transient else self.breaker.succeeded)(now)
+        if self.breaker.state is not before:
+            self.metrics.set("circuit_breaker_state", float(self.breaker.state))
+            log = self.log.warning if self.breaker.state is State.OPEN else self.log.info
+            log("circuit breaker " + self.breaker.state.name.lower().replace("_", "-"), reason=outcome.reason,
+                reopens_in_s=round(self.breaker.reopens_at() - now, 3) if self.breaker.state is State.OPEN else None)
+
     def _send(self, send: _Send) -> None:
+        if self.breaker is not None:
+            self.breaker.sending()
         self._inflight += 1
         self.metrics.inc("batches_sent_total")
         try:
@@ -152,6 +173,7 @@ class Pipeline:
         while self._outcomes:
             send, outcome = self._outcomes.popleft()
             self._inflight -= 1
+            self._breaker_record(outcome, now)
             if outcome.status is Status.DELIVERED and not outcome.failed:
                 self._delivered(send.batch, now)
                 self._complete(send.start, send.end)

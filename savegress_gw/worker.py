@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.batching import make_batcher
+from savegress_gw.circuit import CircuitBreaker
 from savegress_gw.components import Compressor, Context
 from savegress_gw.compressing import MeteredCompressor
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
@@ -94,7 +95,8 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
         opened.append(dlq)
         retry = profile.dlq.retry_settings(retry)
     pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, retry, runtime.metrics,
-                        log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}")
+                        log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}",
+                        breaker=CircuitBreaker(profile.circuit_breaker))
     return pipeline, opened
 
 

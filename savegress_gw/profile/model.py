@@ -76,6 +76,7 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
     "buffer": s.BufferSettings,
     "parallel": s.ParallelSettings,
     "retry": s.RetrySettings,
+    "circuit_breaker": s.CircuitBreakerSettings,
     "replication": s.ReplicationSettings,
     "checkpoint": s.CheckpointSettings,
     "logging": s.LoggingSettings,
@@ -83,7 +84,6 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
 }
 
 NOT_YET_SECTIONS = {
-    "circuit_breaker": "circuit breaker, issue 4",
     "exactly_once": "exactly-once delivery, issue 6",
     "snapshot": "snapshots, with the PostgreSQL source (issue 5)",
     "schema": "schema evolution, with the PostgreSQL source (issue 5)",

@@ -177,6 +177,28 @@ class RetrySettings(Section):
     """Each delay is randomized by ± this fraction."""
 
 
+class AdaptiveBreaker(Section):
+    enabled: bool = True
+    """Also open on the error rate, not only on consecutive failures."""
+    min_samples: int = Field(100, ge=1)
+    """Sends the error rate is measured over (the last N)."""
+    error_rate_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    """Failed fraction of the last ``min_samples`` sends that opens the breaker."""
+
+
+class CircuitBreakerSettings(Section):
+    enabled: bool = True
+    failure_threshold: int = Field(5, ge=1)
+    """Consecutive failed sends that open the breaker."""
+    success_threshold: int = Field(3, ge=1)
+    """Successful probes in half-open state that close it."""
+    timeout: Duration = 30.0
+    """How long the breaker stays open before probing."""
+    half_open_requests: int = Field(3, ge=1)
+    """Probe sends allowed in flight while half-open."""
+    adaptive: AdaptiveBreaker = AdaptiveBreaker()
+
+
 class ReplicationSettings(Section):
     ack_mode: Literal["none", "leader", "all"] = "leader"
     """What counts as delivered: Kafka acks 0/1/all; for the file sink none/flush/fsync."""
