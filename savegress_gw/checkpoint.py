@@ -52,7 +52,7 @@ class CheckpointStore:
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"failed to load checkpoint {self.path}: {exc}; to start over from the source's default "
-                f"position, move it away (mv {self.path} {self.path}.bak) or run `savegress-gw checkpoint reset`"
+                f"position, move it away (mv {self.path} {self.path}.bak) or run `savegress-gw checkpoint reset -c <profile>`"
             ) from None
         if not isinstance(data, dict) or "position" not in data:
             raise CheckpointError(f"checkpoint file corrupted: {self.path} has no position; move it away to reset")

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="JSON Schema of the whole profile, assembled from the installed plugins.")
     commands.add_parser("plugins", help="list installed plugins",
                         description="Every component with its kind, plugin, distribution and version.")
+    checkpoint = commands.add_parser("checkpoint", help="show or reset the stored source position",
+                                     description="The source position stored under checkpoint.dir.")
+    action = checkpoint.add_subparsers(dest="action", required=True, metavar="ACTION")
+    with_profile(action.add_parser("show", help="print the checkpoint", description="Print the checkpoint."))
+    with_profile(action.add_parser("reset", help="move the checkpoint aside (the source restarts from its default)",
+                                   description="Rename the checkpoint to <file>.bak: the next start begins at "
+                                               "the source's default position."))
     profiles = commands.add_parser("profiles", help="bundled profiles", description="The profiles shipped in config/.")
     which = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
     which.add_parser("list", help="list bundled profiles", description="List bundled profiles.")
@@ -133,5 +140,23 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"start": cmd_start, "validate": cmd_validate, "schema": cmd_schema, "plugins": cmd_plugins,
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from savegress_gw.checkpoint import CheckpointStore
+
+    _, _, validated = _load(args)
+    profile = validated.profile
+    store = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type)
+    if not store.path.exists():
+        print(f"no checkpoint at {store.path}")
+        return EXIT_OK
+    if args.action == "show":
+        print(f"{store.path}: {store.path.read_text()}")
+        return EXIT_OK
+    backup = store.path.with_name(store.path.name + ".bak")
+    store.path.replace(backup)
+    print(f"moved {store.path} to {backup}; the next start begins at the source's default position")
+    return EXIT_OK
+
+
+COMMANDS = {"checkpoint": cmd_checkpoint, "start": cmd_start, "validate": cmd_validate, "schema": cmd_schema, "plugins": cmd_plugins,
             "profiles": cmd_profiles}
