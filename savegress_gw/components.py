@@ -71,6 +71,15 @@ class Component(abc.ABC):
     def __init__(self, config: ComponentConfig) -> None:
         self.config = config
 
+    @classmethod
+    def check_profile(cls, config: ComponentConfig, profile: Any) -> list[str]:
+        """Problems of this component's settings together with the rest of ``profile``.
+
+        Called during validation (``savegress-gw validate`` and at start) for selected components;
+        each problem is a ``key.path: message`` string. Default: none.
+        """
+        return []
+
     def open(self, context: Context) -> None:
         """Acquire resources (files, sockets, clients). Called once, in the process that uses it."""
 
@@ -337,6 +346,10 @@ class Sink(Component):
     def flush(self, timeout_s: float) -> bool:
         """Wait until every send has reported; return False if ``timeout_s`` passed first."""
         return True
+
+    def retry_overrides(self) -> dict[str, Any]:
+        """``retry.*`` values this sink's own section sets (``output.retry``), laid over ``retry``."""
+        return {}
 
 
 KIND_BASES: dict[str, type[Component]] = {

@@ -34,7 +34,7 @@ def configure_logging(settings: LoggingSettings, process: str) -> structlog.typi
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),  # one write per line: no interleaving
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger().bind(process=process)

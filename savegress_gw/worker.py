@@ -89,7 +89,7 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
         opened.append(limiter)
     open_component(sink, context("sink", compressor=metered))
     opened.append(sink)
-    retry = profile.retry
+    retry = profile.retry.model_copy(update=sink.retry_overrides())
     if dlq is not None:
         open_component(dlq, context("dlq", compressor=metered))
         opened.append(dlq)

@@ -14,6 +14,7 @@ broker retention never deletes a replayed old event on arrival.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections import Counter
@@ -37,14 +38,18 @@ _TOPIC_ILLEGAL = re.compile(r"[^a-zA-Z0-9._-]")
 _TOPIC_MAX = 249
 _BROKER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/,\[\]]+):(\d{1,5})$")
 
-# Header names, built once (confluent-kafka takes bytes names as they are).
-_H_ID = b"savegress-event-id"
-_H_OP = b"savegress-operation"
-_H_TABLE = b"savegress-table"
-_H_TS = b"savegress-timestamp"
+# Header names, built once. They must be str: confluent-kafka would turn a bytes name into "b'...'".
+_H_ID = "savegress-event-id"
+_H_OP = "savegress-operation"
+_H_TABLE = "savegress-table"
+_H_TS = "savegress-timestamp"
 
 _CALLBACK_KEYS = frozenset({"error_cb", "on_delivery", "logger", "stats_cb", "throttle_cb", "oauth_cb", "dr_cb",
                             "dr_msg_cb", "on_commit"})
+
+_NO_ROUTE = object()
+_NO_ROUTES = itertools.repeat(_NO_ROUTE)
+"""Stands for the routes of a batch that needs none (one topic, librdkafka's partitioner)."""
 
 QUEUE_FULL_WAIT_S = 1.0
 """How long ``send`` waits for room in librdkafka's queue before reporting the rest of a batch ERRORED."""
@@ -519,29 +524,27 @@ class KafkaSink(Sink):
         pending = _Pending(self, n, done)
         report = pending.report
         produce = producer.produce
-        payloads, keys, ids, ops, tables, stamps = (batch.payloads, batch.keys, batch.ids, batch.operations,
-                                                    batch.tables, batch.timestamps_ms)
         routes = self._batch_routes(batch, pending) if self._needs_route else None
         topic, partition = self.config.topic, -1
         i = 0
         try:
-            for i in range(n):
-                if routes is not None:
-                    route = routes[i]
+            for i, payload, key, id_, op, table, stamp, route in zip(
+                    range(n), batch.payloads, batch.keys, batch.ids, batch.operations, batch.tables,
+                    batch.timestamps_ms, routes or _NO_ROUTES):
+                if route is not _NO_ROUTE:
                     if route is None:
-                        continue  # failed while routing, already reported
+                        continue  # failed while routing, already counted
                     topic, partition = route
                 try:
-                    produce(topic, payloads[i], keys[i], partition, on_delivery=partial(report, i),
-                            headers=[(_H_ID, ids[i]), (_H_OP, ops[i]), (_H_TABLE, tables[i]),
-                                     (_H_TS, str(stamps[i]))])
+                    produce(topic, payload, key, partition, on_delivery=partial(report, i),
+                            headers=[(_H_ID, id_), (_H_OP, op), (_H_TABLE, table), (_H_TS, str(stamp))])
                 except BufferError:
                     if not self._produce_when_room(pending, batch, i, topic, partition):
                         pending.fail_rest(range(i, n), "_QUEUE_FULL", f"librdkafka's queue stayed full for "
                                           f"{QUEUE_FULL_WAIT_S:g}s ({len(producer)} records waiting)", routes)
                         break
                 except KafkaException as exc:
-                    pending.fail(i, exc.args[0], topic, len(payloads[i]) + len(keys[i]))
+                    pending.fail(i, exc.args[0], topic, len(payload) + len(key))
         except Exception as exc:  # a bug or a malformed batch: the records not yet produced are ERRORED
             self._log.exception("kafka send failed")
             pending.fail_rest(range(i, n), type(exc).__name__, str(exc), routes)
@@ -732,7 +735,7 @@ class _Pending:
         self.sink = sink
         self.size = size
         self.remaining = size + 1  # +1 held by send() until every record is produced or failed
-        self.done = done
+        self.done: DeliveryCallback | None = done
         self.failures: list[tuple[int, Status, str, str]] = []  # (index, status, error code, message)
 
     def report(self, index: int, err: KafkaError | None, msg: Any) -> None:
@@ -770,10 +773,14 @@ class _Pending:
             self._finish()
 
     def _finish(self) -> None:
+        done = self.done
+        if done is None:  # never twice, whatever happened on the way
+            return
+        self.done = None
         self.sink._finished(self)
         failures = self.failures
         if not failures:
-            self.done(Outcome(Status.DELIVERED))
+            done(Outcome(Status.DELIVERED))
             return
         status = Status.REJECTED if all(f[1] is Status.REJECTED for f in failures) else Status.ERRORED
         counts = Counter((code, message) for _, _, code, message in failures)
@@ -781,11 +788,11 @@ class _Pending:
                            for (code, message), count in counts.most_common(5))
         if len(counts) > 5:
             reason += f"; and {len(counts) - 5} other errors"
-        if len(failures) == self.size:
-            self.done(Outcome(status, reason=reason))
+        failed = sorted({f[0] for f in failures})
+        if len(failed) == self.size:
+            done(Outcome(status, reason=reason))
         else:
-            self.done(Outcome(Status.DELIVERED, reason=reason, failed=sorted(f[0] for f in failures),
-                              failed_status=status))
+            done(Outcome(Status.DELIVERED, reason=reason, failed=failed, failed_status=status))
 
 
 class _LibrdkafkaLog:

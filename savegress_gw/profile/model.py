@@ -115,8 +115,8 @@ class ProfileBase(BaseModel):
         """Name of the component selected for ``kind``, or None when the section is off."""
         spec = SECTION_BY_KIND[kind]
         section = getattr(self, spec.key)
-        if section is None or not getattr(section, "enabled", True):
-            return None
+        if not isinstance(section, BaseModel) or not getattr(section, "enabled", True):
+            return None  # switched off, or no plugin of this kind is installed
         return getattr(section, spec.selector)
 
 
@@ -213,9 +213,23 @@ def validate_profile(data: dict[str, Any], registry: Registry) -> Validated:
     except ValidationError as exc:
         problems.extend(_describe(error, registry, data) for error in exc.errors())
         raise ProfileError(problems) from None
+    problems.extend(_cross_checks(profile, registry))
     if problems:
         raise ProfileError(problems)
     return Validated(profile, warnings, original)
+
+
+def _cross_checks(profile: ProfileBase, registry: Registry) -> list[str]:
+    """What each selected component says about its settings in the context of the whole profile."""
+    problems = []
+    for spec in PLUGIN_SECTIONS:
+        name = profile.selected(spec.kind)
+        cls = registry.get(spec.kind, name) if name else None
+        if cls is not None:
+            section = profile.section_of(spec.kind)
+            config = cls.Config.model_validate({f: getattr(section, f) for f in cls.Config.model_fields})
+            problems.extend(cls.check_profile(config, profile))
+    return problems
 
 
 def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, problems: list[str],

@@ -52,8 +52,9 @@ class GatewaySettings(Section):
     """Name of this gateway: prefixes process titles, transactional ids and state directories."""
     workers: int = Field(1, ge=1, le=64)
     """Worker processes that run the pipeline (batch, compress, rate limit, send)."""
-    heartbeat_timeout: Duration = 30.0
-    """A child whose work loop has not written its heartbeat for this long is killed and replaced."""
+    heartbeat_timeout: Duration = 60.0
+    """A child whose work loop has not written its heartbeat for this long is killed and replaced
+    (it must exceed the longest a sink may block in one send, e.g. webhook timeouts)."""
     graceful_timeout: Duration = 30.0
     """On SIGTERM/SIGINT, how long in-flight batches may take to settle before children are killed."""
     boot_timeout: Duration = 60.0

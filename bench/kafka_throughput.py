@@ -1,0 +1,169 @@
+"""Kafka: the gateway against a raw confluent-kafka producer on the same local broker, and latency.
+
+1. Raw producer loop: pre-built ~300-byte records, ``acks=all``, lz4, idempotent, delivery
+   callbacks counted; events/s until the last delivery report.
+2. The gateway: generator source → Kafka sink with the same settings (1 worker); events/s from
+   readiness to exit (the source stops when everything was generated and delivered).
+3. End-to-end latency, event creation (the envelope timestamp) to broker append time
+   (``message.timestamp.type=LogAppendTime``): the low-latency profile at 5,000 events/s and the
+   ultra-low-latency profile at 1,000 events/s, p50/p99.
+
+    python bench/kafka_throughput.py [--events 500000] [--bootstrap host:port]
+
+Without ``--bootstrap`` it starts a 1-node Apache Kafka from scripts/kafka_local.py (fetched jars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import requests
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from kafka_local import LocalKafkaCluster  # noqa: E402
+
+from savegress_gw.envelope import timestamp_ms  # noqa: E402
+from tests.harness.gateway import free_port  # noqa: E402
+
+PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 5, "batch.size": 1_000_000,
+            "enable.idempotence": True}
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 6) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {"message.timestamp.type": "LogAppendTime"}
+    admin.create_topics([NewTopic(topic, partitions, 1, config=config)])[topic].result(30)
+
+
+def raw_producer(bootstrap: str, events: int) -> float:
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic)
+    value = orjson.dumps({"id": "evt-1", "source": "bench", "schema": "public", "table": "users",
+                          "operation": "UPDATE", "timestamp": "2026-01-01T00:00:00.000000Z",
+                          "after": {"id": 1, "payload": "x" * 150}})
+    records = [(f"users:{i % 10_000}".encode(), value) for i in range(events)]
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
+    delivered = 0
+
+    def on_delivery(err, msg) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    started = time.perf_counter()
+    for key, val in records:
+        while True:
+            try:
+                producer.produce(topic, val, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    assert delivered == events, f"raw producer delivered {delivered} of {events}"
+    return events / elapsed
+
+
+def run_gateway(profile: dict, workdir: Path, wait_exit: bool = True) -> tuple[subprocess.Popen, float]:
+    port = free_port()
+    profile = {**profile, "metrics": {"address": f"127.0.0.1:{port}"}, "logging": {"level": "warn"},
+               "checkpoint": {"dir": str(workdir / "ck")}}
+    path = workdir / f"profile-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    process = subprocess.Popen([sys.executable, "-m", "savegress_gw", "start", "-c", str(path)])
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None:
+            raise SystemExit(f"gateway exited with {process.returncode}")
+        time.sleep(0.01)
+    started = time.perf_counter()
+    if wait_exit and process.wait() != 0:
+        raise SystemExit(f"gateway exited with {process.returncode}")
+    return process, started
+
+
+def gateway_throughput(bootstrap: str, events: int, workdir: Path) -> float:
+    topic = f"bench-gw-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic)
+    profile = {
+        "gateway": {"workers": 1},
+        "source": {"type": "generator", "count": events, "row_size": 300},
+        "output": {"type": "kafka", "brokers": [bootstrap], "topic": topic, "acks": "all", "compression": "lz4",
+                   "linger_ms": 5, "batch_size": 1_000_000},
+        "batching": {"max_size": 1000, "max_wait": "20ms"},
+        "buffer": {"size": 65536},
+    }
+    _, started = run_gateway(profile, workdir)
+    return events / (time.perf_counter() - started)
+
+
+def latency(bootstrap: str, profile_name: str, rate: int, seconds: float, workdir: Path) -> tuple[float, float]:
+    topic = f"bench-lat-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, partitions=1)
+    profile = yaml.safe_load((ROOT / "config" / "profiles" / f"{profile_name}.yaml").read_text())
+    profile["source"] = {"type": "generator", "count": int(rate * seconds), "rate": rate, "row_size": 300}
+    profile["output"] = {"type": "kafka", "brokers": [bootstrap], "topic": topic}
+    run_gateway(profile, workdir)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    latencies = []
+    deadline = time.monotonic() + 60
+    while len(latencies) < int(rate * seconds) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 1.0):
+            if msg.error():
+                continue
+            created = orjson.loads(msg.value())["timestamp"]
+            latencies.append((msg.timestamp()[1] - timestamp_ms(created)) / 1000)
+    consumer.close()
+    quantiles = statistics.quantiles(latencies, n=100)
+    return quantiles[49], quantiles[98]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--bootstrap")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sg-kbench-") as tmp:
+        workdir = Path(tmp)
+        cluster = None
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            cluster = LocalKafkaCluster(workdir / "kafka", 1).start()
+            bootstrap = cluster.bootstrap_servers
+        try:
+            raw = raw_producer(bootstrap, args.events)
+            gateway = gateway_throughput(bootstrap, args.events, workdir)
+            print(f"kafka throughput, {args.events:,} ~300-byte events, acks=all, lz4, 1 broker on {os.cpu_count()} cores:")
+            print(f"  raw confluent-kafka producer: {raw:,.0f} events/s")
+            print(f"  gateway (generator -> kafka): {gateway:,.0f} events/s = {gateway / raw:.2f}x raw")
+            for name, rate in (("low-latency", 5000), ("ultra-low-latency", 1000)):
+                p50, p99 = latency(bootstrap, name, rate, 10.0, workdir)
+                print(f"  latency {name} at {rate:,} events/s: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+                      "(event creation to broker append time)")
+        finally:
+            if cluster is not None:
+                cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
