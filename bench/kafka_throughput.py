@@ -81,8 +81,9 @@ def raw_producer(bootstrap: str, events: int) -> float:
 
 def run_gateway(profile: dict, workdir: Path, wait_exit: bool = True) -> tuple[subprocess.Popen, float]:
     port = free_port()
+    run_dir = workdir / uuid.uuid4().hex[:6]  # a checkpoint per run: each starts from the beginning
     profile = {**profile, "metrics": {"address": f"127.0.0.1:{port}"}, "logging": {"level": "warn"},
-               "checkpoint": {"dir": str(workdir / "ck")}}
+               "checkpoint": {"dir": str(run_dir / "ck")}}
     path = workdir / f"profile-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(profile))
     process = subprocess.Popen([sys.executable, "-m", "savegress_gw", "start", "-c", str(path)])

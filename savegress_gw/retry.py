@@ -7,6 +7,9 @@ import random
 from savegress_gw.profile.settings import RetrySettings
 
 
+_RNG = random.Random()
+
+
 class Backoff:
     """The delay before each retry of one failing batch, per ``retry.*``.
 
@@ -17,7 +20,7 @@ class Backoff:
     def __init__(self, settings: RetrySettings, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.attempts = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _RNG  # one generator: a Backoff is made per batch, seeding one is not cheap
 
     @property
     def exhausted(self) -> bool:
