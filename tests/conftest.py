@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
+
+from tests.harness.pipeline import World
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -17,3 +21,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture()
+def make_world() -> Iterator[Callable[..., World]]:
+    """Build pipeline test worlds (tests/harness/pipeline.py); their rings are closed afterwards."""
+    worlds: list[World] = []
+
+    def make(*args, **kwargs) -> World:
+        worlds.append(World(*args, **kwargs))
+        return worlds[-1]
+
+    yield make
+    for world in worlds:
+        world.close()

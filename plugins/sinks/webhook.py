@@ -101,6 +101,9 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+BatchTimeoutLater = not_yet("per-output batch_timeout; set batching.max_wait")
+
+
 class WebhookSink(Sink):
     """Delivers each batch in requests of up to ``batch_size`` events, one after another, in order.
 
@@ -145,7 +148,7 @@ class WebhookSink(Sink):
         batch_size: int = Field(100, ge=1, le=100_000)
         """Most events per request; a larger pipeline batch is split. 1: the body is the bare event
         envelope; above 1: the batch wrapper, even for a single event."""
-        batch_timeout: not_yet("per-output batch_timeout; set batching.max_wait") = None
+        batch_timeout: BatchTimeoutLater = None
         """The reference's per-output batch wait; refused until built: ``batching.max_wait`` decides it."""
         timeout: Duration = Field(30.0, gt=0)
         """Limit on each request, from connecting to reading the response; then it fails as ``timeout``."""

@@ -42,6 +42,17 @@ def not_yet(feature: str) -> Any:
     ]
 
 
+# Keys of the configuration surface whose features are not built yet.
+SpillToDiskLater = not_yet("spill to disk, issue 4")
+PriorityQueuesLater = not_yet("priority queues, issue 4")
+TransactionParallelApplyLater = not_yet("transaction-parallel apply, with the database sources")
+LogRotationLater = not_yet("log rotation")
+CompressorPoolsLater = not_yet("compressor pools; compression runs in every worker process")
+PerTableCompressionLater = not_yet("per-table compression")
+PreserveOrderLater = not_yet("holding later events of a parked key, issue 4")
+FileDeadLetterQueueLater = not_yet("file dead-letter queue, issue 4")
+
+
 # --------------------------------------------------------------------------------------- gateway
 
 
@@ -121,9 +132,9 @@ class BufferOverflow(Section):
     enabled: bool = True
     policy: Annotated[OverflowPolicy | None, AfterValidator(_no_spill)] = None
     """What happens when the buffer is full; ``buffer`` (spill to disk) is not built yet."""
-    path: not_yet("spill to disk, issue 4") = None
-    max_size: not_yet("spill to disk, issue 4") = None
-    compression: not_yet("spill to disk, issue 4") = None
+    path: SpillToDiskLater = None
+    max_size: SpillToDiskLater = None
+    compression: SpillToDiskLater = None
 
     @model_validator(mode="after")
     def _spill_needs_policy(self) -> "BufferOverflow":
@@ -153,14 +164,14 @@ class BufferSettings(Section):
 
 class PrioritySettings(Section):
     enabled: bool = False
-    high_priority_tables: not_yet("priority queues, issue 4") = None
-    medium_priority_tables: not_yet("priority queues, issue 4") = None
+    high_priority_tables: PriorityQueuesLater = None
+    medium_priority_tables: PriorityQueuesLater = None
 
 
 class ParallelSettings(Section):
     table_parallelism: int = Field(8, ge=1, le=1024)
     """Lanes: events are spread over lanes by table and primary key (order holds per key)."""
-    transaction_parallelism: not_yet("transaction-parallel apply, with the database sources") = None
+    transaction_parallelism: TransactionParallelApplyLater = None
     priority: PrioritySettings = PrioritySettings()
 
 
@@ -231,7 +242,7 @@ class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
     output: str = "stderr"
     """``stdout``, ``stderr`` or a file path."""
-    rotation: not_yet("log rotation") = None
+    rotation: LogRotationLater = None
 
 
 class PrometheusSettings(Section):
@@ -281,8 +292,8 @@ class CompressionSection(Section):
     min_size: Size = 256
     """Payloads smaller than this are written uncompressed."""
     simd: SimdSettings = SimdSettings()
-    pool: not_yet("compressor pools; compression runs in every worker process") = None
-    exclude_tables: not_yet("per-table compression") = None
+    pool: CompressorPoolsLater = None
+    exclude_tables: PerTableCompressionLater = None
 
 
 class RateLimitingSection(Section):
@@ -320,12 +331,12 @@ class DlqSection(Section):
     """Double the delay on each retry (default: ``retry.multiplier`` applies)."""
     max_retry_delay: Duration | None = None
     """Cap of the retry delay (default: ``retry.max_delay``)."""
-    preserve_order: not_yet("holding later events of a parked key, issue 4") = None
-    base_dir: not_yet("file dead-letter queue, issue 4") = None
-    segment_size: not_yet("file dead-letter queue, issue 4") = None
-    retention_days: not_yet("file dead-letter queue, issue 4") = None
-    max_messages: not_yet("file dead-letter queue, issue 4") = None
-    compression: not_yet("file dead-letter queue, issue 4") = None
+    preserve_order: PreserveOrderLater = None
+    base_dir: FileDeadLetterQueueLater = None
+    segment_size: FileDeadLetterQueueLater = None
+    retention_days: FileDeadLetterQueueLater = None
+    max_messages: FileDeadLetterQueueLater = None
+    compression: FileDeadLetterQueueLater = None
 
     def retry_settings(self, retry: RetrySettings) -> RetrySettings:
         """``retry`` with this section's explicit keys applied: the policy that decides parking."""

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from savegress_gw.circuit import CircuitBreaker, State
-from savegress_gw.components import Status
 from savegress_gw.profile.settings import CircuitBreakerSettings
-from tests.unit.test_pipeline import MemorySink, errored, ids, make_world  # noqa: F401  (fixture)
+from tests.harness.pipeline import MemorySink, errored, ids
 
 SETTINGS = CircuitBreakerSettings(failure_threshold=3, success_threshold=2, timeout=10.0, half_open_requests=1)
 
