@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import yaml
 
 from savegress_gw import __version__
+from savegress_gw.dlq_cli import add_dlq_commands, run_dlq_command
 from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_WORKER_BOOT_ERROR, PluginError, ProfileError
 from savegress_gw.plugins import collect_components, get_plugin_manager, list_plugins
 from savegress_gw.profile import bundled_profiles, load_profile, profile_schema
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_parser("list", help="list bundled profiles", description="List bundled profiles.")
     show = which.add_parser("show", help="print one bundled profile", description="Print one bundled profile.")
     show.add_argument("name")
+    add_dlq_commands(commands)
     return parser
 
 
@@ -85,15 +87,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from savegress_gw.logs import configure_logging
-    from savegress_gw.supervisor import Supervisor
+    from savegress_gw.supervisor import run_gateway
 
     pm, registry, validated = _load(args)
-    profile = validated.profile
-    log = configure_logging(profile.logging, "supervisor")
-    for warning in validated.warnings:
-        log.warning("profile", detail=warning)
-    return Supervisor(profile, validated.data, registry, pm, log).run()
+    return run_gateway(validated, registry, pm)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -158,5 +155,5 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"checkpoint": cmd_checkpoint, "start": cmd_start, "validate": cmd_validate, "schema": cmd_schema, "plugins": cmd_plugins,
+COMMANDS = {"checkpoint": cmd_checkpoint, "dlq": run_dlq_command, "start": cmd_start, "validate": cmd_validate, "schema": cmd_schema, "plugins": cmd_plugins,
             "profiles": cmd_profiles}

@@ -184,8 +184,7 @@ def _purge(store: DeadLetterStore, older_than: float) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from savegress_gw.logs import configure_logging
-    from savegress_gw.supervisor import Supervisor
+    from savegress_gw.supervisor import run_gateway
 
     if not args.config:
         raise DlqCommandError("dlq replay needs the profile (-c FILE): its output is where the events go")
@@ -197,12 +196,7 @@ def _replay(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     registry = collect_components(pm)
     data = replay_profile(_profile_data(args, registry), args.ids)
-    validated = validate_profile(data, registry)
-    profile = validated.profile
-    log = configure_logging(profile.logging, "supervisor")
-    for warning in validated.warnings:
-        log.warning("profile", detail=warning)
-    status = Supervisor(profile, validated.data, registry, pm, log).run()
+    status = run_gateway(validate_profile(data, registry), registry, pm)
     store = DeadLetterStore(data["source"]["base_dir"])
     print(f"replay finished (exit status {status}); {store.count()} entries left in {store.directory}")
     return status

@@ -26,7 +26,7 @@ from savegress_gw import source_process, worker
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
 from savegress_gw.metrics import MetricsBlock
 from savegress_gw.plugins import GatewayPluginManager, Registry
-from savegress_gw.profile.model import ProfileBase
+from savegress_gw.profile.model import ProfileBase, Validated
 from savegress_gw.ring import Ring
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs
 from savegress_gw.shared import SharedBlock
@@ -225,3 +225,14 @@ class Supervisor:
                 process.kill()
                 process.join()
 
+
+
+def run_gateway(validated: Validated, registry: Registry, plugins: GatewayPluginManager) -> int:
+    """Configure logging, report the profile's warnings and run a supervisor until it stops."""
+    from savegress_gw.logs import configure_logging
+
+    profile = validated.profile
+    log = configure_logging(profile.logging, "supervisor")
+    for warning in validated.warnings:
+        log.warning("profile", detail=warning)
+    return Supervisor(profile, validated.data, registry, plugins, log).run()

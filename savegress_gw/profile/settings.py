@@ -50,7 +50,6 @@ LogRotationLater = not_yet("log rotation")
 CompressorPoolsLater = not_yet("compressor pools; compression runs in every worker process")
 PerTableCompressionLater = not_yet("per-table compression")
 PreserveOrderLater = not_yet("holding later events of a parked key, issue 4")
-FileDeadLetterQueueLater = not_yet("file dead-letter queue, issue 4")
 
 
 # --------------------------------------------------------------------------------------- gateway
@@ -332,11 +331,6 @@ class DlqSection(Section):
     max_retry_delay: Duration | None = None
     """Cap of the retry delay (default: ``retry.max_delay``)."""
     preserve_order: PreserveOrderLater = None
-    base_dir: FileDeadLetterQueueLater = None
-    segment_size: FileDeadLetterQueueLater = None
-    retention_days: FileDeadLetterQueueLater = None
-    max_messages: FileDeadLetterQueueLater = None
-    compression: FileDeadLetterQueueLater = None
 
     def retry_settings(self, retry: RetrySettings) -> RetrySettings:
         """``retry`` with this section's explicit keys applied: the policy that decides parking."""

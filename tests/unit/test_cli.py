@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
     """Every command this module checks, run concurrently before the tests look at the results."""
     work = tmp_path_factory.mktemp("cli")
     (work / "bad.yaml").write_text(
-        "batching:\n  max_sise: 3\ncompression:\n  algorithm: lz5\ndlq:\n  enabled: true\n"
+        "batching:\n  max_sise: 3\ncompression:\n  algorithm: lz5\ndlq:\n  preserve_order: true\n"
     )
     (work / "extra.yaml").write_text("compression:\n  algorithm: lz4\n  zstd:\n    level: 3\n")
     own_process = {  # exit status and output of a real `python -m savegress_gw` process

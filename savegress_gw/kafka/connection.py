@@ -1,0 +1,163 @@
+"""Reaching a Kafka cluster: broker lists, SASL and TLS options, the librdkafka settings they make,
+and waiting for the first answer with a bounded timeout.
+
+Every Kafka component (sink, dead-letter topic, source) configures its connection with these
+types, so a profile spells brokers, ``sasl`` and ``tls`` the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from pydantic import AfterValidator, BeforeValidator, SecretStr, model_validator
+
+from savegress_gw.components import ComponentConfig
+from savegress_gw.kafka.errors import KafkaClientError, describe
+
+_BROKER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/,\[\]]+):(\d{1,5})$")
+_E = KafkaError
+OPEN_FAILS_FAST = frozenset({_E._AUTHENTICATION, _E._SSL, getattr(_E, "SASL_AUTHENTICATION_FAILED", _E._AUTHENTICATION)})
+"""Errors that end :func:`wait_connected` at once instead of waiting out the timeout."""
+CALLBACK_KEYS = frozenset({"error_cb", "on_delivery", "logger", "stats_cb", "throttle_cb", "oauth_cb", "dr_cb",
+                           "dr_msg_cb", "on_commit"})
+"""librdkafka settings that are Python callbacks: the gateway sets them, a pass-through block may not."""
+_ADMIN_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.", "socket.", "broker.", "enable.ssl",
+                   "reconnect.", "api.version", "metadata.")
+
+
+def split_brokers(value: Any) -> Any:
+    """``"a:1, b:2"`` → ``["a:1", "b:2"]``; lists pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def check_brokers(brokers: list[str]) -> list[str]:
+    """Every entry must be ``host:port`` (IPv6 hosts in brackets) with a port in 1..65535."""
+    for broker in brokers:
+        match = _BROKER.match(broker)
+        if not match or not 0 < int(match[2]) < 65536:
+            raise ValueError(f"broker {broker!r} must be host:port (e.g. kafka1:9092)")
+    return brokers
+
+
+Brokers = Annotated[list[str], BeforeValidator(split_brokers), AfterValidator(check_brokers)]
+"""A ``brokers`` config field: a list of ``host:port``, or one comma-separated string."""
+
+
+def no_callbacks(settings: dict[str, Any]) -> dict[str, Any]:
+    """Validate a librdkafka pass-through block: refuse the keys in :data:`CALLBACK_KEYS`."""
+    callbacks = sorted(set(settings) & CALLBACK_KEYS)
+    if callbacks:
+        raise ValueError(f"{callbacks[0]} is a callback the gateway sets itself")
+    return settings
+
+
+class SaslOptions(ComponentConfig):
+    enabled: bool = True
+    """Authenticate with SASL (on by default once the block is given)."""
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism."""
+    username: str = ""
+    """SASL user name (required when enabled)."""
+    password: SecretStr = SecretStr("")
+    """SASL password (required when enabled; use ``${KAFKA_PASSWORD}``, it is never logged)."""
+
+    @model_validator(mode="after")
+    def _credentials(self) -> "SaslOptions":
+        if self.enabled and (not self.username or not self.password.get_secret_value()):
+            raise ValueError("sasl needs username and password when enabled")
+        return self
+
+
+class TlsOptions(ComponentConfig):
+    enabled: bool = True
+    """Connect over TLS (on by default once the block is given); with ``sasl``: SASL_SSL."""
+    ca_file: str | None = None
+    """CA bundle (PEM) that verifies the brokers; default: the system's trust store."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for mutual TLS; needs ``key_file``."""
+    key_file: str | None = None
+    """Private key (PEM) of ``cert_file``."""
+    skip_verify: bool = False
+    """Accept any broker certificate and host name (testing only)."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsOptions":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        return self
+
+
+def client_settings(brokers: Sequence[str], client_id: str, sasl: SaslOptions | None,
+                    tls: TlsOptions | None) -> dict[str, Any]:
+    """librdkafka settings of a connection: bootstrap servers, client id, keepalive and security.
+
+    ``security.protocol`` is PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL after which of ``sasl``
+    and ``tls`` are given and enabled; the SASL password is in the result in clear text.
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": ",".join(brokers), "client.id": client_id,
+                            "socket.keepalive.enable": True}
+    sasl_on, tls_on = bool(sasl and sasl.enabled), bool(tls and tls.enabled)
+    conf["security.protocol"] = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
+                                 (False, True): "SSL", (True, True): "SASL_SSL"}[(sasl_on, tls_on)]
+    if sasl_on:
+        assert sasl is not None
+        conf.update({"sasl.mechanism": sasl.mechanism, "sasl.username": sasl.username,
+                     "sasl.password": sasl.password.get_secret_value()})
+    if tls_on:
+        assert tls is not None
+        for key, value in (("ssl.ca.location", tls.ca_file), ("ssl.certificate.location", tls.cert_file),
+                           ("ssl.key.location", tls.key_file)):
+            if value:
+                conf[key] = value
+        if tls.skip_verify:
+            conf["enable.ssl.certificate.verification"] = False
+            conf["ssl.endpoint.identification.algorithm"] = "none"
+    return conf
+
+
+def masked(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with ``sasl.password`` replaced by ``***``, for logs and introspection."""
+    return {key: ("***" if key == "sasl.password" else value) for key, value in conf.items()}
+
+
+def admin_settings(conf: dict[str, Any]) -> dict[str, Any]:
+    """The connection part of a producer or consumer configuration, for an AdminClient beside it."""
+    return {key: value for key, value in conf.items() if key.startswith(_ADMIN_PREFIXES)}
+
+
+def wait_connected(client: Producer, brokers: Sequence[str], errors: Sequence[KafkaError], timeout_s: float,
+                   label: str, timeout_name: str) -> Any:
+    """Cluster metadata from ``client`` as soon as a broker answers.
+
+    ``errors`` is the list the client's ``error_cb`` appends to while opening. Raises
+    :class:`KafkaClientError`, starting with ``label`` (``kafka output``) and naming the brokers:
+    at once on an authentication, TLS or fatal error, else when ``timeout_s`` passed without an
+    answer (naming ``timeout_name`` and the last error seen).
+    """
+    joined = ",".join(brokers)
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        client.poll(0)
+        for err in errors:
+            if err.code() in OPEN_FAILS_FAST or err.fatal():
+                kind = "authentication failed" if err.code() != _E._SSL else "TLS handshake failed"
+                raise KafkaClientError(f"{label}: {kind} with brokers {joined}: {err.name()}: {err.str()}")
+        if errors:
+            err = errors[-1]
+            last = f"{err.name()}: {err.str()}"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KafkaClientError(f"{label}: cannot reach brokers {joined} within {timeout_name} {timeout_s:g}s "
+                                   f"({last})")
+        try:
+            return client.list_topics(timeout=min(1.0, max(0.05, remaining)))
+        except KafkaException as exc:
+            if not errors:
+                last = describe(exc)
