@@ -280,7 +280,8 @@ class Backpressure(Component):
     kind = "backpressure"
 
     action: ClassVar[str] = "pause"
-    """While engaged: ``pause`` the source, ``drop_newest`` new events, or ``drop_oldest`` buffered ones."""
+    """While engaged: ``pause`` the source, ``drop_newest`` new events, ``drop_oldest`` buffered
+    ones, or ``throttle`` (read at most :meth:`read_allowance` events)."""
 
     def __init__(self, config: ComponentConfig) -> None:
         super().__init__(config)
@@ -311,6 +312,20 @@ class Backpressure(Component):
             self._engaged = True
             self.activations += 1
         return self._engaged
+
+    def read_allowance(self, now: float) -> float | None:
+        """How many events the source may read now (None: no limit). Throttling strategies only."""
+        return None
+
+    def consumed(self, count: int) -> None:
+        """``count`` events were just read under :meth:`read_allowance`."""
+
+    def event_deadline(self) -> float | None:
+        """Seconds after ingest at which the workers park an event instead of sending it (None: never).
+
+        Asked in the workers, on an instance that was not opened: derive it from the config only.
+        """
+        return None
 
 
 class DeadLetterQueue(Component):

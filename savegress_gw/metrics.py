@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 ENCODINGS = ("identity", "lz4", "zstd")
-DROP_REASONS = ("drop_oldest", "drop_newest", "rejected", "filtered")
+DROP_REASONS = ("drop_oldest", "drop_newest", "rejected", "filtered", "deadline")
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,12 @@ class Pipeline:
 
     def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
                  metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
-                 origin: str = "", breaker: CircuitBreaker | None = None) -> None:
+                 origin: str = "", breaker: CircuitBreaker | None = None,
+                 event_deadline: float | None = None) -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
         self.retry_settings, self.metrics, self.log = retry, metrics, log
         self.dlq, self.origin, self.breaker = dlq, origin, breaker
+        self.event_deadline_ns = None if event_deadline is None else int(event_deadline * 1e9)
         self.read_index = 0
         self.sent_index = 0
         self.delivered_upto = 0
@@ -123,9 +125,32 @@ class Pipeline:
             self._held = None
             start = self.sent_index
             self.sent_index += len(batch)
-            self._send(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)))
             worked = True
+            if self.event_deadline_ns is not None:
+                batch = self._set_aside_expired(batch, start)
+                if not batch:
+                    continue
+            self._send(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)))
         return worked
+
+    def _set_aside_expired(self, batch: Batch, start: int) -> Batch:
+        """Park the events that waited longer than the deadline; return the rest of ``batch``.
+
+        If every event expired the whole range is settled here and the empty batch is returned.
+        """
+        oldest_allowed = time.time_ns() - self.event_deadline_ns
+        expired = [i for i, ingest in enumerate(batch.ingest_ns) if ingest < oldest_allowed]
+        if not expired:
+            return batch
+        reason = f"deadline exceeded: waited longer than {self.event_deadline_ns / 1e9:g}s in the gateway"
+        if not self._park(batch.take(expired), reason, 0, drop_label="deadline"):
+            return batch  # the dead-letter queue is down: send them late rather than lose them
+        if len(expired) == len(batch):
+            self._complete(start, self.sent_index)
+            self._acknowledge()
+            return Batch.empty()
+        keep = sorted(set(range(len(batch))) - set(expired))
+        return batch.take(keep)
 
     def _failure_reported(self) -> bool:
         """A send already reported a failure (a synchronous sink does so inside ``send``): newer
@@ -196,10 +221,10 @@ class Pipeline:
         self._acknowledge()
         return worked
 
-    def _park(self, batch: Batch, reason: str, attempts: int) -> bool:
+    def _park(self, batch: Batch, reason: str, attempts: int, drop_label: str = "rejected") -> bool:
         """Put ``batch`` in the dead-letter queue (or drop it, without one); False if that failed."""
         if self.dlq is None:
-            self.metrics.inc("events_dropped_total", len(batch), label="rejected")
+            self.metrics.inc("events_dropped_total", len(batch), label=drop_label)
             self.log.error("sink rejected events; no dead-letter queue is configured, dropping them",
                            reason=reason, attempts=attempts, events=len(batch), event_ids=batch.ids[:20])
             return True

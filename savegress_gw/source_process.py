@@ -130,10 +130,17 @@ class Router:
             return False
         room = self.capacity - self.inflight - self.staged
         want = READ_CHUNK if full or action else max(1, min(READ_CHUNK, room))
+        allowance = self.backpressure.read_allowance(time.monotonic()) if self.backpressure else None
+        if allowance is not None:
+            if allowance < 1:
+                return False
+            want = min(want, int(allowance))
         timeout = 0.002 if self.inflight else 0.05
         batch = self.source.read(want, timeout)
         if batch is None or not batch.events and batch.position is None:
             return False
+        if allowance is not None:
+            self.backpressure.consumed(len(batch.events))
         self._route(batch.events, batch.position, drop_newest=action == "drop_newest" or (
             full and self.policy == "drop_newest"))
         if action == "drop_oldest" or (self.utilization > 1.0 and self.policy == "drop_oldest"):

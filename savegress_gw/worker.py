@@ -96,8 +96,14 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
         retry = profile.dlq.retry_settings(retry)
     pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, retry, runtime.metrics,
                         log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}",
-                        breaker=CircuitBreaker(profile.circuit_breaker))
+                        breaker=CircuitBreaker(profile.circuit_breaker), event_deadline=_event_deadline(runtime))
     return pipeline, opened
+
+
+def _event_deadline(runtime: ChildRuntime) -> float | None:
+    """The backpressure strategy's event deadline (the strategy itself lives in the source process)."""
+    strategy = instantiate("backpressure", runtime.profile, runtime.registry)
+    return strategy.event_deadline() if strategy is not None else None
 
 
 def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: StopRequest) -> None:

@@ -27,6 +27,7 @@ import savegress_gw_plugins.sinks.kafka as kafka_sink
 from savegress_gw.components import Batch, Outcome, Status
 from savegress_gw.envelope import encode, normalize
 from savegress_gw.errors import ProfileError
+from savegress_gw.kafka.partitioning import murmur2
 from savegress_gw.testing import build, validated
 from savegress_gw_plugins.compressors import hybrid, lz4, none, zstd
 
@@ -345,11 +346,11 @@ def test_partition_key_hash_and_manual_partitioners(cluster: Any) -> None:
     reference = Producer({**cluster.client_config(), "partitioner": "murmur2"})
     for record in consume(cluster, hashed, 60):
         table = orjson.loads(record.value())["table"]
-        assert record.partition() == (kafka_sink.murmur2(table.encode()) & 0x7FFFFFFF) % 6
+        assert record.partition() == (murmur2(table.encode()) & 0x7FFFFFFF) % 6
     got: list[int] = []
     reference.produce(hashed, b"probe", b"users", on_delivery=lambda err, msg: got.append(msg.partition()))
     reference.flush(10)
-    assert got == [(kafka_sink.murmur2(b"users") & 0x7FFFFFFF) % 6]
+    assert got == [(murmur2(b"users") & 0x7FFFFFFF) % 6]
     assert {r.partition() for r in consume(cluster, manual, 60)} == {4}
     per_partition = defaultdict(int)
     for record in consume(cluster, spread, 60):

@@ -59,8 +59,9 @@ def test_overflow_drop_policies_drop_and_count(tmp_path: Path, policy: str) -> N
     assert counters["events_processed"] + dropped == COUNT, counters
 
 
-def test_pause_backpressure_delivers_everything_and_counts_activations(tmp_path: Path) -> None:
-    profile = overload_profile(tmp_path, backpressure={"strategy": "pause", "high_watermark": 0.5,
+@pytest.mark.parametrize("strategy", ["pause", "adaptive_throttle"])
+def test_lossless_backpressure_delivers_everything_and_counts_activations(tmp_path: Path, strategy: str) -> None:
+    profile = overload_profile(tmp_path, backpressure={"strategy": strategy, "high_watermark": 0.5,
                                                        "low_watermark": 0.2})
     gateway = Gateway(tmp_path, profile).start()
     assert gateway.wait(120) == 0, gateway.stderr()
@@ -102,3 +103,16 @@ def test_http_source_answers_429_under_backpressure_and_loses_nothing_it_accepte
     accepted = {i for status, ids, _ in results if status == 202 for i in ids}
     written = [e["after"]["id"] for e in file_sink_events(tmp_path / "out" / "events.jsonl")]
     assert accepted <= set(written), "a 202 must mean delivered"
+
+
+def test_deadline_sets_aside_what_waited_too_long_and_counts_it(tmp_path: Path) -> None:
+    profile = overload_profile(tmp_path, backpressure={"strategy": "deadline", "deadline": "50ms",
+                                                       "high_watermark": 0.9})
+    gateway = Gateway(tmp_path, profile).start()
+    assert gateway.wait(120) == 0, gateway.stderr()
+    counters = final_counters(gateway)
+    seqs = delivered(tmp_path)
+    late = counters.get("events_dropped_deadline", 0)
+    assert late > 0, counters
+    assert len(seqs) == len(set(seqs)) == counters["events_processed"]
+    assert counters["events_processed"] + late == COUNT, counters

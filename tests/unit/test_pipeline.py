@@ -285,3 +285,32 @@ def test_a_failing_dead_letter_queue_keeps_the_events_and_retries(make_world) ->
     world.run_until_settled()
     assert dlq.parked == [(ids(0, 4), "poison", 3, "gw/worker-0")]
     assert world.ring.frames_acked == 1
+
+
+def test_events_past_the_deadline_are_parked_and_the_rest_delivered(make_world) -> None:
+    from savegress_gw.components import Batch
+
+    dlq = MemoryDeadLetterQueue()
+    world = make_world(MemorySink(), dlq=dlq)
+    world.pipeline.event_deadline_ns = int(5e9)
+    old = events(0, 4)
+    old.ingest_ns[:2] = [old.ingest_ns[0] - int(60e9)] * 2  # e0 and e1 waited a minute
+    world.ring.write(encode_frame(old))
+    world.written = 4
+    world.write(4)  # e4..e7: fresh
+    world.run_until_settled()
+    assert [ids_ for ids_, *_ in dlq.parked] == [["e0", "e1"]]
+    assert dlq.parked[0][1].startswith("deadline exceeded")
+    assert world.sink.delivered == ["e2", "e3"] + ids(4, 8)
+    assert world.ring.frames_acked == 2
+    assert isinstance(old, Batch)
+
+
+def test_without_a_dead_letter_queue_expired_events_are_dropped_and_counted(make_world) -> None:
+    world = make_world(MemorySink())
+    world.pipeline.event_deadline_ns = 1  # everything is late
+    world.write(4)
+    world.run_until_settled()
+    assert world.sink.sends == []
+    assert world.metric("events_dropped_total", reason="deadline") == 4
+    assert world.ring.frames_acked == 1
