@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetter, DeadLetterStore, parse_entry_id
 from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK
 from savegress_gw.plugins import Registry, collect_components, get_plugin_manager
 from savegress_gw.profile import profile_schema, resolve_profile_path
@@ -22,7 +23,6 @@ from savegress_gw.profile.loader import deep_merge, known_key_paths, load_raw
 from savegress_gw.profile.model import SECTION_BY_KEY, validate_profile
 from savegress_gw.profile.settings import GatewaySettings
 from savegress_gw.units import format_duration, parse_duration
-from savegress_gw_plugins.dlq.file import DeadLetter, DeadLetterStore, FileDeadLetterQueue, parse_entry_id
 
 REASON_WIDTH = 60
 """``dlq list`` cuts reasons to this many characters."""
@@ -97,10 +97,10 @@ def dlq_directory(data: dict[str, Any]) -> str:
     if section.get("enabled") is False:
         raise DlqCommandError("the profile switches the dead-letter queue off (dlq.enabled: false); give --dir DIR")
     kind = section.get("type", SECTION_BY_KEY["dlq"].default_for(data))
-    if kind != FileDeadLetterQueue.name:
+    if kind != QUEUE_TYPE:
         raise DlqCommandError(f"dlq.type is {kind!r}: only the file dead-letter queue can be listed, "
                               f"replayed or purged so far")
-    return str(section.get("base_dir", FileDeadLetterQueue.Config().base_dir))
+    return str(section.get("base_dir", DEFAULT_BASE_DIR))
 
 
 def replay_profile(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:

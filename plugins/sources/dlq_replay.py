@@ -13,7 +13,7 @@ from pydantic import field_validator
 from structlog.typing import FilteringBoundLogger
 
 from savegress_gw import Component, ComponentConfig, Context, Source, SourceBatch, hookimpl
-from savegress_gw_plugins.dlq.file import DeadLetter, DeadLetterStore, parse_entry_id
+from savegress_gw.deadletter import DEFAULT_BASE_DIR, DeadLetter, DeadLetterStore, parse_entry_id
 
 
 class DlqReplaySource(Source):
@@ -34,7 +34,7 @@ class DlqReplaySource(Source):
     trusted = True  # the payloads are envelopes the gateway itself normalized and encoded
 
     class Config(ComponentConfig):
-        base_dir: str = "./data/dlq"
+        base_dir: str = DEFAULT_BASE_DIR
         """The file dead-letter queue directory (``dlq.base_dir``) to replay."""
         ids: list[str] = []
         """Replay only these entry ids (as ``dlq list`` shows them); empty: every entry."""

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import yaml
 
+from savegress_gw.deadletter import DeadLetterStore
 from savegress_gw.dlq_cli import add_dlq_commands, dlq_directory, replay_profile, run_dlq_command
 from savegress_gw.envelope import encode
 from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK
@@ -18,7 +19,7 @@ from savegress_gw.profile.model import validate_profile
 from savegress_gw.profile.settings import DlqSection
 from savegress_gw.testing import make_context, registry_of
 from savegress_gw_plugins.dlq import file as file_module
-from savegress_gw_plugins.dlq.file import DeadLetterStore, FileDeadLetterQueue
+from savegress_gw_plugins.dlq.file import FileDeadLetterQueue
 from savegress_gw_plugins.sinks import stdout as stdout_module
 from savegress_gw_plugins.sources import dlq_replay as replay_module
 
@@ -106,7 +107,7 @@ def test_show_of_an_unknown_entry_fails(tmp_path: Path, capsys: pytest.CaptureFi
 def test_purge_removes_entries_older_than_the_duration(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time_ns()
-    monkeypatch.setattr(file_module.time, "time_ns", lambda: now)
+    monkeypatch.setattr(time, "time_ns", lambda: now)
     park(tmp_path, 0, 3)
     now += 8 * DAY_NS
     park(tmp_path, 3, 2)

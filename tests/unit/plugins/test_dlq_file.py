@@ -17,17 +17,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from savegress_gw import Batch
+from savegress_gw.deadletter import HEADER, MAGIC, DeadLetterStore, error_class, parse_entry_id
 from savegress_gw.envelope import encode
 from savegress_gw.testing import make_context, registry_of
 from savegress_gw_plugins.compressors.lz4 import Lz4Compressor
 from savegress_gw_plugins.dlq import file as file_module
-from savegress_gw_plugins.dlq.file import (
-    HEADER,
-    DeadLetterStore,
-    FileDeadLetterQueue,
-    error_class,
-    parse_entry_id,
-)
+from savegress_gw_plugins.dlq.file import FileDeadLetterQueue
 
 DAY_NS = 86_400 * 10**9
 REASON = "KafkaException: MSG_SIZE_TOO_LARGE: Broker: Message size too large"
@@ -61,7 +56,7 @@ class FakeClock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = time.time_ns()
-        monkeypatch.setattr(file_module.time, "time_ns", lambda: self.now)
+        monkeypatch.setattr(time, "time_ns", lambda: self.now)
 
     def advance(self, ns: int) -> None:
         self.now += ns
@@ -104,7 +99,7 @@ def test_record_format_is_magic_length_crc_body(tmp_path: Path) -> None:
     queue.close()
     data = (tmp_path / "dlq-00000001.seg").read_bytes()
     magic, length, crc = HEADER.unpack(data[:HEADER.size])
-    assert data[:4] == b"SGDQ" and magic == file_module.MAGIC
+    assert data[:4] == b"SGDQ" and magic == MAGIC
     assert len(data) == HEADER.size + length
     body = data[HEADER.size:]
     assert zlib.crc32(body) == crc

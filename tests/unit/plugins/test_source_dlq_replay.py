@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
+from savegress_gw.deadletter import DeadLetterStore
 from savegress_gw.envelope import encode
 from savegress_gw.errors import ProfileError
 from savegress_gw.testing import build, make_context
-from savegress_gw_plugins.dlq.file import DeadLetterStore, FileDeadLetterQueue
+from savegress_gw_plugins.dlq.file import FileDeadLetterQueue
 from savegress_gw_plugins.sources import dlq_replay as replay_module
 from savegress_gw_plugins.sources.dlq_replay import DlqReplaySource
 
