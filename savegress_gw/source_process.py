@@ -28,6 +28,7 @@ from savegress_gw.filters import TableFilter
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
 from savegress_gw.ring import Ring, RingFull
+from savegress_gw.spill import SpilledFrame, SpillFull, SpillQueue
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
 READ_CHUNK = 2048
@@ -45,7 +46,8 @@ class _ReadBatch:
 class _Frame:
     payload: bytes
     events: int
-    read: _ReadBatch
+    read: _ReadBatch | None
+    """None for frames recovered from a previous run's spill: delivered, but nothing to commit."""
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Router:
     """Everything between ``source.read`` and the rings, plus commits. One per source process."""
 
     def __init__(self, runtime: ChildRuntime, source: Source, backpressure: Backpressure | None,
-                 checkpoint: CheckpointStore, lanes: list[_Lane], log: Any) -> None:
+                 checkpoint: CheckpointStore, lanes: list[_Lane], log: Any, spill: SpillQueue | None = None) -> None:
         profile = runtime.profile
         self.runtime, self.source, self.backpressure, self.checkpoint = runtime, source, backpressure, checkpoint
         self.lanes, self.log, self.metrics = lanes, log, runtime.metrics
@@ -77,6 +79,12 @@ class Router:
         self.staged = 0
         self.committed: Any = None
         self.paused = False
+        self.spill = spill
+        self._spilling = False
+        self.spill_reads: deque[_ReadBatch | None] = deque()  # the read batch of each spilled frame
+        self.spill_tail: deque[tuple[int, _Frame]] = deque()  # frames behind a full spill, in order
+        if spill is not None:
+            self.spill_reads.extend([None] * spill.records)
 
     # ------------------------------------------------------------------ accounting
 
@@ -86,7 +94,8 @@ class Router:
 
     @property
     def idle(self) -> bool:
-        return not self.reads and not self.inflight and not self.staged
+        spilled = self.spill is not None and bool(self.spill)
+        return not self.reads and not self.inflight and not self.staged and not spilled and not self.spill_tail
 
     def collect_acks(self) -> None:
         """Release frames the workers acknowledged; commit read batches that are fully delivered."""
@@ -94,7 +103,8 @@ class Router:
             acked = lane.ring.frames_acked - lane.baseline
             while acked > 0 and lane.sent:
                 frame = lane.sent.popleft()
-                frame.read.remaining -= frame.events
+                if frame.read is not None:
+                    frame.read.remaining -= frame.events
                 self.inflight -= frame.events
                 lane.baseline += 1
                 acked -= 1
@@ -124,9 +134,13 @@ class Router:
         if engaged and self.backpressure.activations != getattr(self, "_activations", 0):
             self._activations = self.backpressure.activations
             self.metrics.inc("backpressure_events_total")
-        self._pause(action == "pause" or stopping)
         full = self.utilization >= 1.0
-        if stopping or action == "pause" or (full and self.policy == "block") or self.source.exhausted:
+        self._spilling = action == "spill" or (full and self.policy == "buffer")
+        self._drain_spill()
+        spill_full = bool(self.spill_tail)
+        self._pause(action == "pause" or stopping or spill_full)
+        if stopping or action == "pause" or spill_full or self.source.exhausted or (
+                full and self.policy == "block" and not self._spilling):
             return False
         room = self.capacity - self.inflight - self.staged
         want = READ_CHUNK if full or action else max(1, min(READ_CHUNK, room))
@@ -169,11 +183,44 @@ class Router:
             return
         self.metrics.inc("events_received_total", len(kept))
         batch = encode(kept, time.time_ns())
-        for lane, part in zip(self.lanes, self._split(batch)):
+        for index, (lane, part) in enumerate(zip(self.lanes, self._split(batch))):
             for payload, events in self._frames(part, lane.ring.capacity // 4):
-                lane.staged.append(_Frame(payload, events, read))
                 read.remaining += events
-                self.staged += events
+                self._stage(index, _Frame(payload, events, read))
+
+    def _stage(self, index: int, frame: _Frame) -> None:
+        """Queue ``frame`` for lane ``index``: in memory, or behind whatever is spilled (order holds)."""
+        if self.spill is not None and (self._spilling or self.spill or self.spill_tail):
+            if not self.spill_tail:
+                try:
+                    self.spill.append(SpilledFrame(index, frame.events, frame.payload))
+                    self.spill_reads.append(frame.read)
+                    self.metrics.inc("events_spilled_total", frame.events)
+                    self.metrics.set("spill_bytes", self.spill.bytes)
+                    return
+                except SpillFull:
+                    self.log.warning("spill is full: pausing the source until it drains",
+                                     max_bytes=self.spill.max_bytes)
+            self.spill_tail.append((index, frame))
+            return
+        self.lanes[index].staged.append(frame)
+        self.staged += frame.events
+
+    def _drain_spill(self) -> None:
+        """Feed spilled frames (then those behind a full spill) back, in order, while there is room."""
+        if self.spill is None or self._spilling:
+            return
+        limit = self.backpressure.high_watermark if self.backpressure is not None else 1.0
+        while self.utilization < limit and (self.spill or self.spill_tail):
+            if self.spill:
+                spilled = self.spill.pop()
+                frame = _Frame(spilled.payload, spilled.events, self.spill_reads.popleft())
+                index = spilled.lane % len(self.lanes)
+            else:
+                index, frame = self.spill_tail.popleft()
+            self.lanes[index].staged.append(frame)
+            self.staged += frame.events
+        self.metrics.set("spill_bytes", self.spill.bytes)
 
     def _frames(self, batch: Batch, limit: int) -> list[tuple[bytes, int]]:
         """Encode ``batch`` as frames of at most ``limit`` bytes (halving it until they fit)."""
@@ -228,8 +275,9 @@ class Router:
         for lane in self.lanes:
             while lane.staged and self.utilization > 1.0:
                 frame = lane.staged.popleft()
-                frame.read.remaining -= frame.events
-                frame.read.dropped += frame.events
+                if frame.read is not None:
+                    frame.read.remaining -= frame.events
+                    frame.read.dropped += frame.events
                 self.staged -= frame.events
                 self.metrics.inc("events_dropped_total", frame.events, label="drop_oldest")
 
@@ -265,6 +313,8 @@ def main(args: ChildArgs) -> None:
             router.backpressure.close()
         for lane in router.lanes:
             lane.ring.close()
+        if router.spill is not None:
+            router.spill.close()
     sys.exit(code)
 
 
@@ -288,7 +338,18 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
         log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))
     # Frames an earlier source process wrote are still delivered by the workers, but not ours to count.
     lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
-    return Router(runtime, source, backpressure, checkpoint, lanes, log)
+    return Router(runtime, source, backpressure, checkpoint, lanes, log, _spill(profile, backpressure, log))
+
+
+def _spill(profile: Any, backpressure: Backpressure | None, log: Any) -> SpillQueue | None:
+    """The spill, when the overflow policy or the backpressure strategy is ``buffer``."""
+    wanted = profile.buffer.policy == "buffer" or (backpressure is not None and backpressure.action == "spill")
+    if not wanted:
+        return None
+    overflow = profile.buffer.overflow
+    spill = SpillQueue(overflow.path, overflow.max_size, overflow.compression, log.bind(component="spill"))
+    spill.open()
+    return spill
 
 
 def _run(runtime: ChildRuntime, router: Router, stop: StopRequest) -> bool:

@@ -43,7 +43,6 @@ def not_yet(feature: str) -> Any:
 
 
 # Keys of the configuration surface whose features are not built yet.
-SpillToDiskLater = not_yet("spill to disk, issue 4")
 PriorityQueuesLater = not_yet("priority queues, issue 4")
 TransactionParallelApplyLater = not_yet("transaction-parallel apply, with the database sources")
 LogRotationLater = not_yet("log rotation")
@@ -121,28 +120,18 @@ class BufferPool(Section):
 OverflowPolicy = Literal["drop_oldest", "drop_newest", "block", "buffer"]
 
 
-def _no_spill(policy: OverflowPolicy | None) -> OverflowPolicy | None:
-    if policy == "buffer":
-        raise PydanticCustomError("not_implemented", "not implemented yet (spill to disk, issue 4)")
-    return policy
-
-
 class BufferOverflow(Section):
     enabled: bool = True
-    policy: Annotated[OverflowPolicy | None, AfterValidator(_no_spill)] = None
-    """What happens when the buffer is full; ``buffer`` (spill to disk) is not built yet."""
-    path: SpillToDiskLater = None
-    max_size: SpillToDiskLater = None
-    compression: SpillToDiskLater = None
-
-    @model_validator(mode="after")
-    def _spill_needs_policy(self) -> "BufferOverflow":
-        if self.enabled and self.policy is None and "enabled" in self.model_fields_set:
-            raise PydanticCustomError(
-                "not_implemented",
-                "not implemented yet (overflow.enabled without a policy means spill to disk, issue 4)",
-            )
-        return self
+    """With ``enabled: true`` written out and no ``policy``, the policy is ``buffer`` (spill)."""
+    policy: OverflowPolicy | None = None
+    """What happens when the buffer is full: ``block``, ``drop_oldest``, ``drop_newest`` or
+    ``buffer`` (spill to disk under ``path``)."""
+    path: str = "./data/overflow"
+    """Directory of the spill segments."""
+    max_size: Size = 1024**3
+    """Most bytes the spill may hold; past it the source is paused."""
+    compression: bool = True
+    """lz4-compress spilled frames."""
 
 
 class BufferSettings(Section):
@@ -152,13 +141,18 @@ class BufferSettings(Section):
     """Events buffered between the source and the sink; utilization = buffered / size."""
     pool: BufferPool = BufferPool()
     overflow: BufferOverflow = BufferOverflow()
-    overflow_policy: Annotated[OverflowPolicy | None, AfterValidator(_no_spill)] = None
+    overflow_policy: OverflowPolicy | None = None
     """Flat alias of ``overflow.policy``."""
 
     @property
     def policy(self) -> OverflowPolicy:
-        """The effective overflow policy (``block`` when none is set)."""
-        return self.overflow.policy or self.overflow_policy or "block"
+        """The effective overflow policy: as set, ``buffer`` for a bare ``overflow.enabled: true``,
+        else ``block``."""
+        explicit = self.overflow.policy or self.overflow_policy
+        if explicit:
+            return explicit
+        spill = self.overflow.enabled and "enabled" in self.overflow.model_fields_set
+        return "buffer" if spill else "block"
 
 
 class PrioritySettings(Section):

@@ -116,3 +116,57 @@ def test_deadline_sets_aside_what_waited_too_long_and_counts_it(tmp_path: Path) 
     assert late > 0, counters
     assert len(seqs) == len(set(seqs)) == counters["events_processed"]
     assert counters["events_processed"] + late == COUNT, counters
+
+
+def test_buffer_strategy_spills_to_disk_and_delivers_everything_in_order(tmp_path: Path) -> None:
+    profile = overload_profile(tmp_path, backpressure={"strategy": "buffer", "high_watermark": 0.5,
+                                                       "low_watermark": 0.2})
+    profile["buffer"]["overflow"] = {"path": str(tmp_path / "spill"), "max_size": "64MB"}
+    profile["gateway"]["workers"] = 2
+    gateway = Gateway(tmp_path, profile).start()
+    assert gateway.wait(120) == 0, gateway.stderr()
+    counters = final_counters(gateway)
+    assert counters.get("events_spilled", 0) > 0, counters
+    verdict = verify_sequences(delivered(tmp_path), COUNT)
+    assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
+    assert not any(k.startswith("events_dropped") for k in counters), counters
+    assert list((tmp_path / "spill").glob("*.seg")) in ([], [tmp_path / "spill" / "spill-00000001.seg"])
+
+
+def test_a_full_spill_pauses_the_source_instead_of_dropping(tmp_path: Path) -> None:
+    profile = overload_profile(tmp_path, backpressure={"strategy": "buffer", "high_watermark": 0.5,
+                                                       "low_watermark": 0.2})
+    profile["buffer"]["overflow"] = {"path": str(tmp_path / "spill"), "max_size": "256KB", "compression": False}
+    gateway = Gateway(tmp_path, profile).start()
+    assert gateway.wait(120) == 0, gateway.stderr()
+    assert "spill is full: pausing the source" in gateway.stderr()
+    verdict = verify_sequences(delivered(tmp_path), COUNT)
+    assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
+
+
+def test_sigkill_of_the_supervisor_mid_spill_recovers_and_loses_nothing(tmp_path: Path) -> None:
+    import signal
+
+    from tests.harness.gateway import alive, wait_for
+
+    count = 60_000
+    profile = overload_profile(tmp_path, backpressure={"strategy": "buffer", "high_watermark": 0.5,
+                                                       "low_watermark": 0.2})
+    profile["source"]["count"] = count
+    spill = tmp_path / "spill"
+    profile["buffer"]["overflow"] = {"path": str(spill), "max_size": "64MB"}
+    gateway = Gateway(tmp_path, profile).start()
+    gateway.wait_ready()
+    wait_for(lambda: sum(p.stat().st_size for p in spill.glob("*.seg")) > 100_000, 30, "the spill to fill")
+    children = gateway.workers()
+    gateway.signal(signal.SIGKILL)
+    gateway.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, "the children to die with the supervisor")
+    assert list(spill.glob("*.seg")), "the spill survives the crash"
+
+    restarted = Gateway(tmp_path, profile).start()
+    assert restarted.wait(180) == 0, restarted.stderr()
+    assert "recovered frames spilled by a previous run" in restarted.stderr()
+    verdict = verify_sequences(delivered(tmp_path), count)
+    print(f"supervisor SIGKILL mid-spill: {verdict}")
+    assert verdict.missing == [], str(verdict)

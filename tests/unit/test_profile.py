@@ -307,8 +307,9 @@ def test_known_but_unbuilt_components_are_not_implemented_yet(tmp_path: Path) ->
         ("dlq:\n  enabled: true\n  max_retries: 5\n", "not implemented yet: dlq.type: file"),
         ("exactly_once:\n  enabled: true\n", "not implemented yet: exactly_once "),
         ("backpressure:\n  strategy: weighted_fair\n", "not implemented yet: backpressure.strategy: weighted_fair"),
-        ("buffer:\n  overflow:\n    policy: buffer\n", "not implemented yet: buffer.overflow.policy "),
-        ("buffer:\n  overflow_policy: buffer\n", "not implemented yet: buffer.overflow_policy "),
+        ("parallel:\n  transaction_parallelism: 8\n", "not implemented yet: parallel.transaction_parallelism "),
+        ("parallel:\n  priority:\n    high_priority_tables: [orders]\n",
+         "not implemented yet: parallel.priority.high_priority_tables "),
         ("ha:\n  enabled: true\n", "not implemented yet: ha "),
     ],
 )
@@ -323,12 +324,12 @@ def test_not_implemented_problems_are_all_listed_together(tmp_path: Path) -> Non
         dlq: {enabled: true}
         exactly_once: {enabled: true}
         backpressure: {strategy: weighted_fair}
-        buffer: {overflow: {policy: buffer}}
+        parallel: {transaction_parallelism: 8}
     """)
     found = problems(path)
     assert len(found) == 4
     assert all(p.startswith("not implemented yet: ") for p in found)
-    for key in ("dlq", "exactly_once", "backpressure.strategy", "buffer.overflow.policy"):
+    for key in ("dlq", "exactly_once", "backpressure.strategy", "parallel.transaction_parallelism"):
         assert any(p.startswith(f"not implemented yet: {key}") for p in found), key
 
 
