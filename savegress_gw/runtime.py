@@ -40,6 +40,9 @@ class ChildArgs:
     """Shared blocks by component kind, for components that declare ``shared_slots``."""
     index: int = -1
     parent_pid: int = 0
+    source_done: Any = None
+    """RawValue set by the supervisor once the source process has exited: only then is a
+    draining worker's ring final (a SIGTERM to the whole process group reaches workers early)."""
 
 
 @dataclass

@@ -70,6 +70,7 @@ class Supervisor:
         self.own_metrics = self.metrics.row(gateway.workers + 1)
         self.heartbeats = self.ctx.RawArray("d", gateway.workers + 1)
         self.messages = self.ctx.Queue()
+        self.source_done = self.ctx.RawValue("b", 0)
         self.rings: list[Ring] = []
         self.shared = self._shared_blocks()
         self.children = [Child("source", SOURCE_SLOT, source_process.main)] + [
@@ -123,7 +124,7 @@ class Supervisor:
 
     def spawn(self, child: Child) -> None:
         args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,
-                         self.messages, self.shared, child.index, os.getpid())
+                         self.messages, self.shared, child.index, os.getpid(), self.source_done)
         self.heartbeats[child.slot] = 0.0
         child.process = self.ctx.Process(target=child.target, args=(args,), name=f"savegress-gw {child.name}",
                                          daemon=False)
@@ -165,8 +166,8 @@ class Supervisor:
             if child.index >= 0:
                 info = worker.WorkerInfo(child.index, process.pid, self.profile.gateway.id)
                 self.plugins.hook.gw_worker_exited(worker=info, exitcode=code)
-            if not self.alive and child.name == "source" and code == EXIT_OK:
-                return
+            if not self.alive:
+                continue  # stopping (perhaps the whole process group got the signal): no respawn
             if code == EXIT_WORKER_BOOT_ERROR:
                 self.handle_messages()  # the reason usually arrived just before the exit
                 raise HaltSupervisor(f"{child.name} failed to start (exit status {code})", EXIT_WORKER_BOOT_ERROR)
@@ -205,6 +206,7 @@ class Supervisor:
         graceful = self.profile.gateway.graceful_timeout if self.exit_status == EXIT_OK else 2.0
         source, workers = self.children[0], self.children[1:]
         self._terminate([source], graceful + 5)
+        self.source_done.value = 1
         self._terminate(workers, graceful + 5)
         for ring in self.rings:
             ring.close()

@@ -114,7 +114,7 @@ def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: StopRequest) -> None:
         deadline = stop.deadline(now, graceful)
         draining = deadline is not None
         worked = pipeline.step(now, draining=draining)
-        if draining and (pipeline.settled() or now > deadline):
+        if draining and ((runtime.args.source_done.value and pipeline.settled()) or now > deadline):
             pipeline.sink.flush(max(0.0, deadline - now))
             pipeline.step(time.monotonic(), draining=True)
             return

@@ -84,7 +84,7 @@ class Gateway:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "savegress_gw", "start", "-c", str(self.profile_path), *extra],
             stdout=open(self.stdout_path, "ab"), stderr=open(self.stderr_path, "ab"), env=self.env,
-            cwd=self.workdir,
+            cwd=self.workdir, start_new_session=True,  # its own process group, as under a service manager
         )
         return self
 
@@ -121,6 +121,10 @@ class Gateway:
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal every process of the gateway at once (systemd's default KillMode, Ctrl-C)."""
+        os.killpg(self.pid, signum)
 
     def wait(self, timeout: float = 60) -> int:
         assert self.process is not None

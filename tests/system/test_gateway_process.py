@@ -93,6 +93,25 @@ def assert_per_key_order(events: list[dict]) -> None:
     assert len(last) > 1000, "the workload must spread over many keys"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_drains_without_loss(tmp_path: Path, signum: int) -> None:
+    count = 60_000
+    profile = generator_profile(tmp_path, count, rate=20_000)
+    gateway = Gateway(tmp_path, profile).start()
+    gateway.wait_ready()
+    wait_for(lambda: lines_written(tmp_path) > 5_000, 30, "events to reach the file")
+    gateway.signal_group(signum)
+    assert gateway.wait(60) == 0, gateway.stderr()
+    assert "replacing it" not in gateway.stderr()
+    checkpoint = json.loads((tmp_path / "checkpoints" / "savegress-gw.json").read_text())
+    delivered = sequences(tmp_path)
+    assert verify_sequences(delivered, checkpoint["position"]).missing == []
+    restarted = Gateway(tmp_path, profile).start()
+    assert restarted.wait(120) == 0, restarted.stderr()
+    verdict = verify_sequences(sequences(tmp_path), count)
+    assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
+
+
 def test_a_stalled_worker_is_replaced(tmp_path: Path) -> None:
     count = 40_000
     profile = generator_profile(tmp_path, count, rate=10_000)
