@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 
 def _matches(pattern: str, schema: str, table: str) -> bool:
@@ -57,3 +57,17 @@ def keep_column(name: str, patterns: tuple[str, ...]) -> bool:
     if any(p.startswith("!") and fnmatch.fnmatchcase(name, p[1:]) for p in patterns):
         return False
     return any(not p.startswith("!") and fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def priority_classes(high: list[str], medium: list[str]) -> Callable[[str, str], int]:
+    """``(schema, table) → class`` (0 high, 1 medium, 2 normal) from ``parallel.priority`` patterns."""
+
+    @lru_cache(maxsize=4096)
+    def classify(schema: str, table: str) -> int:
+        if any(_matches(p, schema, table) for p in high):
+            return 0
+        if any(_matches(p, schema, table) for p in medium):
+            return 1
+        return 2
+
+    return classify

@@ -24,15 +24,18 @@ from savegress_gw.checkpoint import CheckpointStore
 from savegress_gw.components import Backpressure, Batch, Context, Source
 from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
-from savegress_gw.filters import TableFilter
+from savegress_gw.filters import TableFilter, priority_classes
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
 from savegress_gw.ring import Ring, RingFull
 from savegress_gw.spill import SpilledFrame, SpillFull, SpillQueue
+from savegress_gw.staging import NORMAL, Staged
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
 READ_CHUNK = 2048
 """Most events asked of the source per read."""
+_READS_PAST_FULL = ("drop_newest", "drop_oldest", "spill")
+"""Backpressure actions under which the source keeps reading whole chunks into a full buffer."""
 
 
 @dataclass(eq=False)
@@ -55,7 +58,7 @@ class _Lane:
     """One worker's ring, as seen by the producer."""
 
     ring: Ring
-    staged: deque[_Frame] = field(default_factory=deque)
+    staged: Staged[_Frame] = field(default_factory=Staged)
     sent: deque[_Frame] = field(default_factory=deque)
     baseline: int = 0
     """``frames_acked`` that count: frames of an earlier source process are not ours."""
@@ -73,6 +76,13 @@ class Router:
         self.policy = profile.buffer.policy
         self.lane_count = profile.parallel.table_parallelism
         self.filter = TableFilter(profile.source.tables, profile.source.exclude_tables, profile.source.columns)
+        priority = profile.parallel.priority
+        fair = profile.selected("backpressure") == "weighted_fair"
+        self.priorities = priority_classes(priority.high_priority_tables, priority.medium_priority_tables) \
+            if priority.enabled or fair else None
+        # With priorities, only part of the buffer is handed to the workers at once; the rest waits
+        # in the priority queues, where the next frames out can be chosen.
+        self.dispatch_limit = self.capacity * profile.backpressure.high_watermark if self.priorities else None
         self.source_name = profile.source.type
         self.reads: deque[_ReadBatch] = deque()
         self.inflight = 0
@@ -143,7 +153,7 @@ class Router:
                 full and self.policy == "block" and not self._spilling):
             return False
         room = self.capacity - self.inflight - self.staged
-        want = READ_CHUNK if full or action else max(1, min(READ_CHUNK, room))
+        want = READ_CHUNK if full or action in _READS_PAST_FULL else max(1, min(READ_CHUNK, room))
         allowance = self.backpressure.read_allowance(time.monotonic()) if self.backpressure else None
         if allowance is not None:
             if allowance < 1:
@@ -183,12 +193,24 @@ class Router:
             return
         self.metrics.inc("events_received_total", len(kept))
         batch = encode(kept, time.time_ns())
-        for index, (lane, part) in enumerate(zip(self.lanes, self._split(batch))):
-            for payload, events in self._frames(part, lane.ring.capacity // 4):
-                read.remaining += events
-                self._stage(index, _Frame(payload, events, read))
+        for klass, part_of_class in self._by_priority(batch):
+            for index, (lane, part) in enumerate(zip(self.lanes, self._split(part_of_class))):
+                for payload, events in self._frames(part, lane.ring.capacity // 4):
+                    read.remaining += events
+                    self._stage(index, _Frame(payload, events, read), klass)
 
-    def _stage(self, index: int, frame: _Frame) -> None:
+    def _by_priority(self, batch: Batch) -> list[tuple[int, Batch]]:
+        """``batch`` split by priority class of its tables (one NORMAL part without priorities)."""
+        if self.priorities is None:
+            return [(NORMAL, batch)]
+        classes: dict[int, list[int]] = {}
+        for i, (schema, table) in enumerate(zip(batch.schemas, batch.tables)):
+            classes.setdefault(self.priorities(schema, table), []).append(i)
+        if len(classes) == 1:
+            return [(next(iter(classes)), batch)]
+        return [(klass, batch.take(indices)) for klass, indices in sorted(classes.items())]
+
+    def _stage(self, index: int, frame: _Frame, klass: int = NORMAL) -> None:
         """Queue ``frame`` for lane ``index``: in memory, or behind whatever is spilled (order holds)."""
         if self.spill is not None and (self._spilling or self.spill or self.spill_tail):
             if not self.spill_tail:
@@ -203,7 +225,7 @@ class Router:
                                      max_bytes=self.spill.max_bytes)
             self.spill_tail.append((index, frame))
             return
-        self.lanes[index].staged.append(frame)
+        self.lanes[index].staged.append(frame, klass)
         self.staged += frame.events
 
     def _drain_spill(self) -> None:
@@ -258,23 +280,25 @@ class Router:
         return [batch.take(idx) if len(idx) != len(batch) else batch for idx in indices]
 
     def _flush_staged(self) -> None:
+        limit = self.dispatch_limit
         for lane in self.lanes:
-            while lane.staged:
-                frame = lane.staged[0]
+            while lane.staged and (limit is None or self.inflight < limit):
+                frame = lane.staged.peek()
                 try:
                     lane.ring.write(frame.payload)
                 except RingFull:
                     break
-                lane.staged.popleft()
+                lane.staged.pop()
                 lane.sent.append(frame)
                 self.staged -= frame.events
                 self.inflight += frame.events
 
     def _drop_oldest(self) -> None:
-        """Drop staged (not yet handed to a worker) frames, oldest first, until the buffer fits."""
+        """Drop staged (not yet handed to a worker) frames, oldest of the least important class
+        first, until the buffer fits."""
         for lane in self.lanes:
             while lane.staged and self.utilization > 1.0:
-                frame = lane.staged.popleft()
+                frame = lane.staged.pop_least_important()
                 if frame.read is not None:
                     frame.read.remaining -= frame.events
                     frame.read.dropped += frame.events

@@ -43,7 +43,6 @@ def not_yet(feature: str) -> Any:
 
 
 # Keys of the configuration surface whose features are not built yet.
-PriorityQueuesLater = not_yet("priority queues, issue 4")
 TransactionParallelApplyLater = not_yet("transaction-parallel apply, with the database sources")
 LogRotationLater = not_yet("log rotation")
 CompressorPoolsLater = not_yet("compressor pools; compression runs in every worker process")
@@ -157,8 +156,10 @@ class BufferSettings(Section):
 
 class PrioritySettings(Section):
     enabled: bool = False
-    high_priority_tables: PriorityQueuesLater = None
-    medium_priority_tables: PriorityQueuesLater = None
+    """Hand events of the listed tables to the workers first when the rings are full (4 : 2 : 1)."""
+    high_priority_tables: list[str] = []
+    """Table patterns (``schema.table``, ``*`` wildcards, bare names match any schema)."""
+    medium_priority_tables: list[str] = []
 
 
 class ParallelSettings(Section):
