@@ -20,7 +20,8 @@ from savegress_gw.kafka.errors import KafkaClientError, describe
 
 _BROKER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/,\[\]]+):(\d{1,5})$")
 _E = KafkaError
-OPEN_FAILS_FAST = frozenset({_E._AUTHENTICATION, _E._SSL, getattr(_E, "SASL_AUTHENTICATION_FAILED", _E._AUTHENTICATION)})
+OPEN_FAILS_FAST = frozenset({_E._AUTHENTICATION, _E._SSL,
+                             getattr(_E, "SASL_AUTHENTICATION_FAILED", _E._AUTHENTICATION)})
 """Errors that end :func:`wait_connected` at once instead of waiting out the timeout."""
 CALLBACK_KEYS = frozenset({"error_cb", "on_delivery", "logger", "stats_cb", "throttle_cb", "oauth_cb", "dr_cb",
                            "dr_msg_cb", "on_commit"})
