@@ -156,6 +156,12 @@ class SourceBatch:
 
     events: list[dict[str, Any]]
     position: Any = None
+    encoded: "Batch | None" = None
+    """A trusted source's events already encoded as columns (then ``events`` is empty): the fast
+    path for sources that can write the canonical JSON envelope themselves."""
+
+    def __len__(self) -> int:
+        return len(self.encoded) if self.encoded is not None else len(self.events)
 
 
 class Status(enum.Enum):

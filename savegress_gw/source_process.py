@@ -19,9 +19,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.checkpoint import CheckpointStore
-from savegress_gw.components import Backpressure, Batch, Context, Source
+from savegress_gw.components import Backpressure, Batch, Context, Source, SourceBatch
 from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.filters import TableFilter, priority_classes
@@ -161,12 +163,11 @@ class Router:
             want = min(want, int(allowance))
         timeout = 0.002 if self.inflight else 0.05
         batch = self.source.read(want, timeout)
-        if batch is None or not batch.events and batch.position is None:
+        if batch is None or not len(batch) and batch.position is None:
             return False
         if allowance is not None:
-            self.backpressure.consumed(len(batch.events))
-        self._route(batch.events, batch.position, drop_newest=action == "drop_newest" or (
-            full and self.policy == "drop_newest"))
+            self.backpressure.consumed(len(batch))
+        self._route(batch, drop_newest=action == "drop_newest" or (full and self.policy == "drop_newest"))
         if action == "drop_oldest" or (self.utilization > 1.0 and self.policy == "drop_oldest"):
             self._drop_oldest()
         self._flush_staged()
@@ -177,22 +178,17 @@ class Router:
             self.paused = pause
             (self.source.pause if pause else self.source.resume)()
 
-    def _route(self, events: list[dict[str, Any]], position: Any, drop_newest: bool) -> None:
-        read = _ReadBatch(position, 0)
+    def _route(self, read_batch: SourceBatch, drop_newest: bool) -> None:
+        read = _ReadBatch(read_batch.position, 0)
         self.reads.append(read)
         if drop_newest:
-            self.metrics.inc("events_dropped_total", len(events), label="drop_newest")
-            read.dropped = len(events)
+            self.metrics.inc("events_dropped_total", len(read_batch), label="drop_newest")
+            read.dropped = len(read_batch)
             return
-        kept = self.filter.apply(events)
-        if len(kept) != len(events):
-            self.metrics.inc("events_dropped_total", len(events) - len(kept), label="filtered")
-        if not self.source.trusted:
-            kept = self._normalized(kept)
-        if not kept:
+        batch = self._encoded(read_batch)
+        if not batch:
             return
-        self.metrics.inc("events_received_total", len(kept))
-        batch = encode(kept, time.time_ns())
+        self.metrics.inc("events_received_total", len(batch))
         for klass, part_of_class in self._by_priority(batch):
             for index, (lane, part) in enumerate(zip(self.lanes, self._split(part_of_class))):
                 for payload, events in self._frames(part, lane.ring.capacity // 4):
@@ -258,6 +254,23 @@ class Router:
             return []
         half = len(batch) // 2
         return self._frames(batch.slice(0, half), limit) + self._frames(batch.slice(half, len(batch)), limit)
+
+    def _encoded(self, read_batch: SourceBatch) -> Batch:
+        """The read batch filtered, normalized (unless trusted) and encoded as columns."""
+        now = time.time_ns()
+        if read_batch.encoded is not None and not self.filter.active:
+            batch = read_batch.encoded
+            batch.ingest_ns = [now] * len(batch)
+            return batch
+        events = read_batch.events
+        if read_batch.encoded is not None:  # filters need the events themselves: the slow path
+            events = [orjson.loads(payload) for payload in read_batch.encoded.payloads]
+        kept = self.filter.apply(events)
+        if len(kept) != len(events):
+            self.metrics.inc("events_dropped_total", len(events) - len(kept), label="filtered")
+        if not self.source.trusted:
+            kept = self._normalized(kept)
+        return encode(kept, now)
 
     def _normalized(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []

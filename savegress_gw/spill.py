@@ -17,7 +17,6 @@ its segment with an error); nothing there makes :meth:`SpillQueue.open` raise.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zlib

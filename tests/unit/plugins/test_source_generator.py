@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from savegress_gw.envelope import message_key, normalize
+from savegress_gw.components import SourceBatch
+from savegress_gw.envelope import encode, message_key, normalize
 from savegress_gw.errors import ProfileError
 from savegress_gw.testing import build
 from savegress_gw_plugins.sources import generator as generator_module
@@ -22,12 +23,21 @@ def source(**options: Any) -> GeneratorSource:
     return built
 
 
+def decoded(batch: SourceBatch) -> list[dict[str, Any]]:
+    """The events of an encoded batch, checking that its columns agree with its payloads."""
+    assert batch.encoded is not None and batch.events == []
+    events = [orjson.loads(payload) for payload in batch.encoded.payloads]
+    assert encode(events, 0).to_columns()[:-1] == batch.encoded.to_columns()[:-1]  # all but ingest time
+    return events
+
+
 def read_all(target: GeneratorSource, n: int, chunk: int = 1000) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while len(events) < n:
         batch = target.read(min(chunk, n - len(events)), 1.0)
-        assert batch is not None and batch.position == batch.events[-1]["after"]["seq"]
-        events += batch.events
+        assert batch is not None
+        events += decoded(batch)
+        assert batch.position == events[-1]["after"]["seq"]
     return events
 
 
@@ -37,7 +47,7 @@ def test_sequence_numbers_start_at_1_and_are_the_position() -> None:
     second = target.read(2, 1.0)
     assert first is not None and second is not None
     assert (first.position, second.position) == (3, 5)
-    events = first.events + second.events
+    events = decoded(first) + decoded(second)
     assert [e["after"]["seq"] for e in events] == [1, 2, 3, 4, 5]
     assert [e["position"] for e in events] == [{"sequence": s} for s in range(1, 6)]
     assert [e["id"] for e in events] == [f"gen-{s}" for s in range(1, 6)]
@@ -102,7 +112,7 @@ def test_count_stops_the_stream_and_sets_exhausted() -> None:
     while not target.exhausted:
         batch = target.read(4, 1.0)
         assert batch is not None
-        sizes.append(len(batch.events))
+        sizes.append(len(batch))
     assert sizes == [4, 4, 2]
     assert target.read(4, 1.0) is None
 
@@ -136,7 +146,7 @@ def test_rate_paces_reads_and_read_waits_at_most_timeout() -> None:
     events = 0
     while events < 60:
         batch = target.read(1000, 0.05)
-        events += len(batch.events) if batch else 0
+        events += len(batch) if batch else 0
     elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 3.0, elapsed  # 60 events at 200/s: about 0.3 s
 
