@@ -35,3 +35,19 @@ def make_world() -> Iterator[Callable[..., World]]:
     yield make
     for world in worlds:
         world.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real 1-node Apache Kafka (KRaft, from Maven Central jars) for the whole session, with a
+    PLAINTEXT and a SASL/PLAIN listener. Tests that kill brokers start their own 3-node cluster."""
+    from tests.harness.kafka import broker_pids_under, kafka_local
+
+    directory = tmp_path_factory.mktemp("kafka")
+    cluster = kafka_local.LocalKafkaCluster(directory, 1, sasl_plain=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(timeout=15)
+        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"

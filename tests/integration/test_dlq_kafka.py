@@ -7,16 +7,12 @@ consumer.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -43,28 +39,13 @@ DLQ_HEADERS = ("savegress-dlq-reason", "savegress-dlq-error-class", "savegress-d
                "savegress-dlq-original-topic")
 
 
-def _load_kafka_local() -> ModuleType:
-    if "kafka_local" in sys.modules:
-        return sys.modules["kafka_local"]
-    spec = importlib.util.spec_from_file_location("kafka_local", REPO / "scripts" / "kafka_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
-
-kl = _load_kafka_local()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    cluster = kl.LocalKafkaCluster(tmp_path_factory.mktemp("kafka-dlq"), 1)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop(timeout=15)
+def cluster(kafka_cluster: Any) -> Any:
+    """The session's 1-node cluster from tests/conftest.py."""
+    return kafka_cluster
 
 
 # --------------------------------------------------------------------------------------------- helpers

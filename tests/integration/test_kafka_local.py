@@ -7,7 +7,6 @@ that no broker JVM of its directory survives.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -15,11 +14,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from tests.harness.kafka import broker_pids_under
+from tests.harness.kafka import kafka_local as kl
 
 pytestmark = pytest.mark.kafka
 
@@ -27,35 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kafka_local.py"
 
 
-def _load_kafka_local() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kafka_local", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-kl = _load_kafka_local()
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _broker_pids_under(directory: Path) -> list[int]:
-    """Pids of kafka.Kafka JVMs whose command line mentions ``directory``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"kafka.Kafka" in cmdline and str(directory).encode() in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 @contextmanager
@@ -67,7 +39,7 @@ def running_cluster(directory: Path, nodes: int, **kwargs: object) -> Iterator[o
         yield cluster
     finally:
         cluster.stop(timeout=15)
-        assert _broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
 
 
 def _produce(config: dict[str, str], topic: str, values: list[str], timeout: float = 60) -> None:
@@ -224,7 +196,7 @@ def test_cli_start_kill_status_stop(tmp_path: Path) -> None:
         assert started.returncode == 0, started.stderr
         assert "bootstrap.servers=127.0.0.1:" in started.stdout
         assert cli("status").returncode == 0
-        assert len(_broker_pids_under(directory)) == 1  # detached: outlives the CLI process
+        assert len(broker_pids_under(directory)) == 1  # detached: outlives the CLI process
         assert cli("kill", "1").returncode == 0
         assert cli("status").returncode == 3
         restarted = cli("restart", "1")
@@ -233,4 +205,4 @@ def test_cli_start_kill_status_stop(tmp_path: Path) -> None:
     finally:
         stopped = cli("stop")
         assert stopped.returncode == 0, stopped.stderr
-        assert _broker_pids_under(directory) == []
+        assert broker_pids_under(directory) == []

@@ -7,15 +7,11 @@ and read back with a plain confluent-kafka consumer.
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -30,6 +26,7 @@ from savegress_gw.errors import ProfileError
 from savegress_gw.kafka.partitioning import murmur2
 from savegress_gw.testing import build, validated
 from savegress_gw_plugins.compressors import hybrid, lz4, none, zstd
+from tests.harness.kafka import kafka_local as kl
 
 pytestmark = pytest.mark.kafka
 
@@ -37,45 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 PLUGINS = (kafka_sink, hybrid, lz4, zstd, none)
 
 
-def _load_kafka_local() -> ModuleType:
-    if "kafka_local" in sys.modules:
-        return sys.modules["kafka_local"]
-    spec = importlib.util.spec_from_file_location("kafka_local", REPO / "scripts" / "kafka_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-kl = _load_kafka_local()
-
-
-def _broker_pids_under(directory: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"kafka.Kafka" in cmdline and str(directory).encode() in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    directory = tmp_path_factory.mktemp("kafka-sink")
-    cluster = kl.LocalKafkaCluster(directory, 1, sasl_plain=True)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop(timeout=15)
-        assert _broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+def cluster(kafka_cluster: Any) -> Any:
+    """The session's 1-node cluster (with a SASL/PLAIN listener) from tests/conftest.py."""
+    return kafka_cluster
 
 
 # --------------------------------------------------------------------------------------------- helpers

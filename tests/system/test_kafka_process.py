@@ -6,15 +6,12 @@ each test writes its own topic and reads every ``after.seq`` back with a plain c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -25,24 +22,14 @@ from confluent_kafka.admin import AdminClient
 
 from tests.harness.gateway import Gateway, children_of, wait_for
 from tests.harness.verify import verify_sequences
+from tests.harness.kafka import kafka_local as kl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_kafka_local() -> ModuleType:
-    if "kafka_local" in sys.modules:
-        return sys.modules["kafka_local"]
-    spec = importlib.util.spec_from_file_location("kafka_local", REPO / "scripts" / "kafka_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
-
-kl = _load_kafka_local()
 
 
 def _broker_pids_under(directory: Path) -> list[int]:
