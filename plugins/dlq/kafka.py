@@ -42,7 +42,7 @@ from savegress_gw.kafka.delivery import BatchDelivery
 from savegress_gw.kafka.errors import KafkaClientError, describe
 from savegress_gw.kafka.headers import event_headers
 from savegress_gw.kafka.logs import LibrdkafkaLog, RateLimitedLog
-from savegress_gw.kafka.topics import TopicOptions, create_topic, database_of, template_topic, topic_problem, \
+from savegress_gw.kafka.topics import TopicName, TopicOptions, create_topic, database_of, template_topic, topic_problem, \
     uses_database
 from savegress_gw.units import Duration, Size
 
@@ -128,7 +128,7 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
     name = "kafka"
 
     class Config(ComponentConfig):
-        topic: str | None = None
+        topic: TopicName | None = None
         """The dead-letter topic; default ``<output.topic>.dlq``, or ``savegress.dlq`` when the output
         uses ``topic_template`` or is not Kafka."""
         brokers: Brokers | None = None
@@ -144,13 +144,6 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         max_record_size: Size = Field(16 * 1024 * 1024, ge=1000, le=1_000_000_000)
         """Largest record the queue writes (its producer's ``message.max.bytes`` and the topic's
         ``max.message.bytes``); keep it above ``output.max_request_size``."""
-
-        @field_validator("topic")
-        @classmethod
-        def _legal_topic(cls, topic: str | None) -> str | None:
-            if topic is not None and (problem := topic_problem(topic)):
-                raise ValueError(problem)
-            return topic
 
         @field_validator("brokers")
         @classmethod

@@ -34,7 +34,7 @@ from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER
     event_headers
 from savegress_gw.kafka.logs import LibrdkafkaLog, RateLimitedLog
 from savegress_gw.kafka.routing import Route, Router
-from savegress_gw.kafka.topics import TopicOptions, create_topic, template_problem, topic_problem, \
+from savegress_gw.kafka.topics import TopicName, TopicOptions, create_topic, template_problem, \
     topic_template_problem
 from savegress_gw.units import Duration, Size
 
@@ -119,7 +119,7 @@ class KafkaSink(Sink):
     class Config(ComponentConfig):
         brokers: Brokers = Field(min_length=1)
         """Bootstrap brokers, ``host:port`` (a list, or one comma-separated string)."""
-        topic: str = "cdc-events"
+        topic: TopicName = "cdc-events"
         """The topic every event goes to, unless ``topic_template`` is set."""
         topic_template: str | None = None
         """Topic per event, e.g. ``cdc.${schema}.${table}``; variables ``${schema}``, ``${table}``,
@@ -155,13 +155,6 @@ class KafkaSink(Sink):
         producer: dict[str, str | int | bool | float] = {}
         """librdkafka producer settings passed through as is, applied last: they override everything
         the sink sets (``acks``, ``enable.idempotence``, ``message.timeout.ms``, ...)."""
-
-        @field_validator("topic")
-        @classmethod
-        def _legal_topic(cls, topic: str) -> str:
-            if problem := topic_problem(topic):
-                raise ValueError(problem)
-            return topic
 
         @field_validator("topic_template", "partition_key")
         @classmethod

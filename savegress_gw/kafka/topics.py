@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from savegress_gw.components import ComponentConfig
 from savegress_gw.kafka.errors import KafkaClientError, describe
@@ -30,6 +30,16 @@ def topic_problem(name: str) -> str | None:
     if _TOPIC_ILLEGAL.search(name):
         return f"topic name {name!r} may hold only letters, digits, '.', '_' and '-'"
     return None
+
+
+def _legal_topic(name: str) -> str:
+    if problem := topic_problem(name):
+        raise ValueError(problem)
+    return name
+
+
+TopicName = Annotated[str, AfterValidator(_legal_topic)]
+"""A config field holding a Kafka topic name, checked when the profile is validated."""
 
 
 def template_problem(template: str) -> str | None:

@@ -22,29 +22,12 @@ from confluent_kafka.admin import AdminClient
 
 from tests.harness.gateway import Gateway, children_of, wait_for
 from tests.harness.verify import verify_sequences
+from tests.harness.kafka import broker_pids_under
 from tests.harness.kafka import kafka_local as kl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-
-
-
-def _broker_pids_under(directory: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"kafka.Kafka" in cmdline and str(directory).encode() in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop(timeout=15)
-        assert _broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
 
 
 # --------------------------------------------------------------------------------------------- helpers
