@@ -151,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--bootstrap")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="alternate raw and gateway runs this many times and report the medians")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sg-kbench-") as tmp:
         workdir = Path(tmp)
@@ -160,11 +162,18 @@ def main() -> None:
             cluster = LocalKafkaCluster(workdir / "kafka", 1).start()
             bootstrap = cluster.bootstrap_servers
         try:
-            raw = raw_producer(bootstrap, args.events)
-            gateway = gateway_throughput(bootstrap, args.events, workdir)
-            print(f"kafka throughput, {args.events:,} ~300-byte events, acks=all, lz4, 1 broker on {os.cpu_count()} cores:")
-            print(f"  raw confluent-kafka producer: {raw:,.0f} events/s")
-            print(f"  gateway (generator -> kafka): {gateway:,.0f} events/s = {gateway / raw:.2f}x raw")
+            print(f"kafka throughput, {args.events:,} ~300-byte events, acks=all, lz4, 1 broker on "
+                  f"{os.cpu_count()} cores, raw and gateway runs alternated {args.repeat}x:")
+            raws, gateways = [], []
+            for _ in range(args.repeat):  # alternating keeps a change of machine load from favouring one side
+                raws.append(raw_producer(bootstrap, args.events))
+                gateways.append(gateway_throughput(bootstrap, args.events, workdir))
+                print(f"  run: raw {raws[-1]:,.0f} events/s, gateway {gateways[-1]:,.0f} events/s "
+                      f"({gateways[-1] / raws[-1]:.2f}x)")
+            raw, gateway = statistics.median(raws), statistics.median(gateways)
+            ratios = sorted(g / r for g, r in zip(gateways, raws))
+            print(f"  median: raw confluent-kafka producer {raw:,.0f} events/s, gateway (generator -> kafka) "
+                  f"{gateway:,.0f} events/s = {gateway / raw:.2f}x raw (per-run ratios {ratios[0]:.2f}..{ratios[-1]:.2f})")
             for name, rate in (("low-latency", 5000), ("ultra-low-latency", 1000)):
                 p50, p99, warm50, warm99 = latency(bootstrap, name, rate, 10.0, workdir)
                 print(f"  latency {name} at {rate:,} events/s (event creation to broker append time): "
