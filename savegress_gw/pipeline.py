@@ -168,7 +168,12 @@ class Pipeline:
         return bool(sent)
 
     def _breaker_allows(self, now: float) -> bool:
-        return self.breaker is None or self.breaker.allow(now)
+        if self.breaker is None:
+            return True
+        before = self.breaker.state
+        allowed = self.breaker.allow(now)  # an open breaker turns half-open here once its timeout ran out
+        self._breaker_changed(before, now, "")
+        return allowed
 
     def _breaker_record(self, outcome: Outcome, now: float) -> None:
         """Feed the breaker: transient failures count against the sink, rejections do not."""
@@ -177,11 +182,17 @@ class Pipeline:
         before = self.breaker.state
         transient = outcome.status is Status.ERRORED or (outcome.failed and outcome.failed_status is Status.ERRORED)
         (self.breaker.failed if transient else self.breaker.succeeded)(now)
-        if self.breaker.state is not before:
-            self.metrics.set("circuit_breaker_state", float(self.breaker.state))
-            log = self.log.warning if self.breaker.state is State.OPEN else self.log.info
-            log("circuit breaker " + self.breaker.state.name.lower().replace("_", "-"), reason=outcome.reason,
-                reopens_in_s=round(self.breaker.reopens_at() - now, 3) if self.breaker.state is State.OPEN else None)
+        self._breaker_changed(before, now, outcome.reason)
+
+    def _breaker_changed(self, before: State, now: float, reason: str) -> None:
+        """Export and log a change of the breaker's state."""
+        state = self.breaker.state
+        if state is before:
+            return
+        self.metrics.set("circuit_breaker_state", float(state))
+        log = self.log.warning if state is State.OPEN else self.log.info
+        log("circuit breaker " + state.name.lower().replace("_", "-"), reason=reason or None,
+            reopens_in_s=round(self.breaker.reopens_at() - now, 3) if state is State.OPEN else None)
 
     def _send(self, send: _Send) -> None:
         if self.breaker is not None:

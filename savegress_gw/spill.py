@@ -123,7 +123,12 @@ class SpillQueue:
     @property
     def bytes(self) -> int:
         """Bytes on disk not yet popped."""
-        return sum(s.size for s in self._segments) - self._read_offset
+        return self.disk_bytes - self._read_offset
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes the segment files take, the already popped part of the head segment included."""
+        return sum(s.size for s in self._segments)
 
     def __bool__(self) -> bool:
         return self.records > 0
@@ -135,7 +140,7 @@ class SpillQueue:
             payload, flags = lz4.frame.compress(payload), _COMPRESSED
         body = _META.pack(flags, frame.lane, frame.events) + payload
         record = _PREFIX.pack(len(body), zlib.crc32(body)) + body
-        if self.bytes + len(record) > self.max_bytes:
+        if self.disk_bytes + len(record) > self.max_bytes:  # what the directory holds, not what waits
             raise SpillFull
         tail = self._segments[-1] if self._segments else None
         if tail is None or tail.size + len(record) > self.segment_bytes and tail.size:
