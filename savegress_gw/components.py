@@ -55,8 +55,6 @@ class Context:
     """Float64 slots in shared memory plus a lock, when the component class asks for ``shared_slots``."""
     compressor: "Compressor | None" = None
     """The profile's gateway compressor, for sinks that write compressed data themselves."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Process-specific services (e.g. ``pressure`` for sources that answer callers directly)."""
 
 
 class Component(abc.ABC):
@@ -287,7 +285,8 @@ class Backpressure(Component):
 
     action: ClassVar[str] = "pause"
     """While engaged: ``pause`` the source, ``drop_newest`` new events, ``drop_oldest`` buffered
-    ones, or ``throttle`` (read at most :meth:`read_allowance` events)."""
+    ones, ``throttle`` (read at most :meth:`read_allowance` events), ``spill`` (new frames go to
+    disk) or ``prioritize`` (priority tables first; the buffer blocks when full)."""
 
     def __init__(self, config: ComponentConfig) -> None:
         super().__init__(config)
