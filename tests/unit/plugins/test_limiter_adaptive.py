@@ -11,6 +11,7 @@ from savegress_gw.shared import SharedBlock
 from savegress_gw.testing import build, make_context, validated
 from savegress_gw_plugins.limiters import adaptive, sliding_window, token_bucket
 from savegress_gw_plugins.limiters.adaptive import AdaptiveLimiter
+from tests.harness.clock import ManualClock, patch_monotonic
 
 LIMITERS = (token_bucket, sliding_window, adaptive)
 HIGH_VOLUME = {"algorithm": "adaptive",
@@ -19,21 +20,9 @@ HIGH_VOLUME = {"algorithm": "adaptive",
 STEERING = {"min_rate": 100, "max_rate": 1000, "target_latency": "100ms", "adjustment_interval": "1s"}
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(adaptive, "monotonic", fake)
-    return fake
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    return patch_monotonic(monkeypatch, adaptive)
 
 
 def limiter(options: dict) -> AdaptiveLimiter:
@@ -62,7 +51,7 @@ def test_invalid_settings_are_refused(options: dict, message: str) -> None:
         validated({"rate_limiting": {"algorithm": "adaptive", "adaptive": options}}, *LIMITERS)
 
 
-def test_aimd_once_per_interval_within_bounds(clock: Clock) -> None:
+def test_aimd_once_per_interval_within_bounds(clock: ManualClock) -> None:
     limit = limiter(STEERING)
     assert limit.rate == 1000
     clock.now += 0.5
@@ -86,7 +75,7 @@ def test_aimd_once_per_interval_within_bounds(clock: Clock) -> None:
     assert limit.rate == 1000, "latency at target is good; never above max_rate"
 
 
-def test_disabled_keeps_max_rate(clock: Clock) -> None:
+def test_disabled_keeps_max_rate(clock: ManualClock) -> None:
     limit = limiter({**STEERING, "enabled": False})
     for _ in range(3):
         clock.now += 1.0
@@ -94,7 +83,7 @@ def test_disabled_keeps_max_rate(clock: Clock) -> None:
     assert limit.rate == 1000
 
 
-def test_bucket_follows_the_current_rate(clock: Clock) -> None:
+def test_bucket_follows_the_current_rate(clock: ManualClock) -> None:
     limit = limiter(STEERING)
     assert limit.acquire(100) == 0.0, "starts with 0.1 s of max_rate"
     assert limit.acquire(10) == pytest.approx(0.010)
@@ -105,7 +94,7 @@ def test_bucket_follows_the_current_rate(clock: Clock) -> None:
     assert limit.acquire(10) == pytest.approx(0.020)
 
 
-def test_rate_is_shared_by_instances_on_one_block(clock: Clock) -> None:
+def test_rate_is_shared_by_instances_on_one_block(clock: ManualClock) -> None:
     block = SharedBlock(AdaptiveLimiter.shared_slots)
     config = AdaptiveLimiter.Config.model_validate({"adaptive": STEERING})
     first, second = AdaptiveLimiter(config), AdaptiveLimiter(config)

@@ -12,6 +12,7 @@ from savegress_gw.shared import SharedBlock
 from savegress_gw.testing import build, make_context, validated
 from savegress_gw_plugins.limiters import adaptive, sliding_window, token_bucket
 from savegress_gw_plugins.limiters.sliding_window import SlidingWindowLimiter
+from tests.harness.clock import ManualClock, patch_monotonic
 
 LIMITERS = (token_bucket, sliding_window, adaptive)
 STREAMING = {"algorithm": "sliding_window", "window_size": "1s", "max_requests": 25000}
@@ -20,21 +21,9 @@ WINDOW = 1.25
 """Window of the fake-clock tests: its sub-buckets (0.125 s) are exact in binary floating point."""
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(sliding_window, "monotonic", fake)
-    return fake
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    return patch_monotonic(monkeypatch, sliding_window)
 
 
 def limiter(section: dict) -> SlidingWindowLimiter:
@@ -59,7 +48,7 @@ def test_invalid_settings_are_refused(key: str, value: object, message: str) -> 
         validated({"rate_limiting": {"algorithm": "sliding_window", key: value}}, *LIMITERS)
 
 
-def test_events_leave_the_window_one_sub_bucket_after_it_ends(clock: Clock) -> None:
+def test_events_leave_the_window_one_sub_bucket_after_it_ends(clock: ManualClock) -> None:
     window = limiter({"window_size": WINDOW, "max_requests": 100})
     clock.now = 1000.05
     assert window.acquire(60) == 0.0
@@ -78,7 +67,7 @@ def test_events_leave_the_window_one_sub_bucket_after_it_ends(clock: Clock) -> N
     assert window.acquire(0) == 0.0
 
 
-def test_request_larger_than_the_limit_passes_alone(clock: Clock) -> None:
+def test_request_larger_than_the_limit_passes_alone(clock: ManualClock) -> None:
     window = limiter({"window_size": WINDOW, "max_requests": 100})
     assert window.acquire(150) == 0.0
     assert window.acquire(1) == pytest.approx(WINDOW + 0.125)
@@ -88,7 +77,7 @@ def test_request_larger_than_the_limit_passes_alone(clock: Clock) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_never_more_than_max_in_any_trailing_window(clock: Clock, seed: int) -> None:
+def test_never_more_than_max_in_any_trailing_window(clock: ManualClock, seed: int) -> None:
     rng = random.Random(seed)
     window = limiter({"window_size": WINDOW, "max_requests": 300})
     admitted: list[tuple[float, int]] = []
@@ -122,7 +111,7 @@ def test_measured_rate_is_within_the_documented_approximation() -> None:
     assert 200 + 200 * 10 / 1.1 * 0.75 <= admitted <= 200 + 200 * 10
 
 
-def test_instances_on_one_shared_block_share_the_window(clock: Clock) -> None:
+def test_instances_on_one_shared_block_share_the_window(clock: ManualClock) -> None:
     block = SharedBlock(SlidingWindowLimiter.shared_slots)
     first, second = (SlidingWindowLimiter(SlidingWindowLimiter.Config(window_size=WINDOW, max_requests=50))
                      for _ in range(2))

@@ -13,27 +13,16 @@ from savegress_gw.shared import SharedBlock
 from savegress_gw.testing import build, make_context, validated
 from savegress_gw_plugins.limiters import adaptive, sliding_window, token_bucket
 from savegress_gw_plugins.limiters.token_bucket import TokenBucketLimiter
+from tests.harness.clock import ManualClock, patch_monotonic
 
 LIMITERS = (token_bucket, sliding_window, adaptive)
 LOW_LATENCY = {"algorithm": "token_bucket", "tokens_per_second": 50000, "burst_size": 500}
 """The guide's Low Latency profile block."""
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(token_bucket, "monotonic", fake)
-    return fake
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    return patch_monotonic(monkeypatch, token_bucket)
 
 
 def limiter(section: dict) -> TokenBucketLimiter:
@@ -63,7 +52,7 @@ def test_non_positive_settings_are_refused(key: str, value: int) -> None:
         validated({"rate_limiting": {"algorithm": "token_bucket", key: value}}, *LIMITERS)
 
 
-def test_starts_full_then_refills_at_the_rate(clock: Clock) -> None:
+def test_starts_full_then_refills_at_the_rate(clock: ManualClock) -> None:
     bucket = limiter({"tokens_per_second": 1000, "burst_size": 100})
     assert bucket.acquire(60) == 0.0
     assert bucket.acquire(40) == 0.0
@@ -74,14 +63,14 @@ def test_starts_full_then_refills_at_the_rate(clock: Clock) -> None:
     assert bucket.acquire(0) == 0.0
 
 
-def test_capacity_caps_the_refill(clock: Clock) -> None:
+def test_capacity_caps_the_refill(clock: ManualClock) -> None:
     bucket = limiter({"tokens_per_second": 1000, "burst_size": 100})
     clock.now += 60.0
     assert bucket.acquire(100) == 0.0
     assert bucket.acquire(1) == pytest.approx(0.001)
 
 
-def test_request_larger_than_burst_passes_when_full_and_leaves_debt(clock: Clock) -> None:
+def test_request_larger_than_burst_passes_when_full_and_leaves_debt(clock: ManualClock) -> None:
     bucket = limiter({"tokens_per_second": 1000, "burst_size": 100})
     assert bucket.acquire(30) == 0.0
     assert bucket.acquire(250) == pytest.approx(0.030), "waits for a full bucket, not for 250 tokens"
@@ -91,7 +80,7 @@ def test_request_larger_than_burst_passes_when_full_and_leaves_debt(clock: Clock
     assert bucket.acquire(10) == pytest.approx(0.160)
 
 
-def test_instances_on_one_shared_block_share_the_bucket(clock: Clock) -> None:
+def test_instances_on_one_shared_block_share_the_bucket(clock: ManualClock) -> None:
     block = SharedBlock(TokenBucketLimiter.shared_slots)
     first, second = (TokenBucketLimiter(TokenBucketLimiter.Config(tokens_per_second=100, burst_size=50))
                      for _ in range(2))
