@@ -42,10 +42,25 @@ def build(kind: str, data: dict[str, Any], *modules: ModuleType) -> tuple[Compon
     return component, context
 
 
+def build_sink(data: dict[str, Any], *modules: ModuleType) -> Component:
+    """The sink that profile ``data`` selects, opened as a worker opens it: with the profile's
+    compressor (itself opened) in its context."""
+    registry = registry_of(*modules)
+    profile = validate_profile(data, registry).profile
+    compressor = instantiate("compressor", profile, registry)
+    if compressor is not None:
+        compressor.open(make_context(profile))
+    sink = instantiate("sink", profile, registry)
+    if sink is None:
+        raise LookupError("the profile selects no sink")
+    sink.open(make_context(profile, compressor=compressor))
+    return sink
+
+
 def make_context(profile: ProfileBase | None = None, *, process: str = "test", worker_index: int = 0,
                  shared: SharedBlock | None = None, **kwargs: Any) -> Context:
     return Context(process=process, worker_index=worker_index, log=structlog.get_logger().bind(process=process),
                    profile=profile, shared=shared, **kwargs)
 
 
-__all__ = ["build", "instantiate", "make_context", "registry_of", "validated"]
+__all__ = ["build", "build_sink", "instantiate", "make_context", "registry_of", "validated"]

@@ -12,7 +12,7 @@ import pytest
 from savegress_gw import Batch, Outcome, Status
 from savegress_gw.compression import decompress
 from savegress_gw.envelope import encode
-from savegress_gw.testing import instantiate, make_context, registry_of, validated
+from savegress_gw.testing import build_sink
 from savegress_gw_plugins.compressors import lz4 as lz4_module
 from savegress_gw_plugins.sinks import file as file_module
 from savegress_gw_plugins.sinks.file import FileSink
@@ -41,13 +41,8 @@ def open_sink(directory: Path, compression: dict[str, Any] = NO_COMPRESSION, ack
     }
     if ack_mode:
         data["replication"] = {"ack_mode": ack_mode}
-    profile, registry = validated(data, *MODULES), registry_of(*MODULES)
-    compressor = instantiate("compressor", profile, registry)
-    if compressor is not None:
-        compressor.open(make_context(profile))
-    sink = instantiate("sink", profile, registry)
+    sink = build_sink(data, *MODULES)
     assert isinstance(sink, FileSink)
-    sink.open(make_context(profile, compressor=compressor))
     return sink
 
 

@@ -29,7 +29,7 @@ from savegress_gw.compression import decompress
 from savegress_gw.envelope import encode
 from savegress_gw.errors import ProfileError
 from savegress_gw.profile.settings import RetrySettings
-from savegress_gw.testing import instantiate, make_context, registry_of, validated
+from savegress_gw.testing import build_sink, instantiate, registry_of, validated
 from savegress_gw_plugins.compressors import lz4 as lz4_module
 from savegress_gw_plugins.compressors import zstd as zstd_module
 from savegress_gw_plugins.sinks import webhook as webhook_module
@@ -148,15 +148,9 @@ def open_sink(url: str, compression: dict[str, Any] = NO_COMPRESSION, **output: 
     """Build the sink from a profile, opened with the profile's compressor as the worker does."""
     output = {"compress": True, **output}  # the tests that use a compressor expect it applied
     # Tiny batch sizes split a batch into many requests; keep their worst case under the stall detector.
-    profile = validated({"output": {"type": "webhook", "url": url, **output}, "compression": compression,
-                         "gateway": {"heartbeat_timeout": "1h"}}, *MODULES)
-    registry = registry_of(*MODULES)
-    compressor = instantiate("compressor", profile, registry)
-    if compressor is not None:
-        compressor.open(make_context(profile))
-    sink = instantiate("sink", profile, registry)
+    sink = build_sink({"output": {"type": "webhook", "url": url, **output}, "compression": compression,
+                       "gateway": {"heartbeat_timeout": "1h"}}, *MODULES)
     assert isinstance(sink, WebhookSink)
-    sink.open(make_context(profile, compressor=compressor))
     return sink
 
 
