@@ -51,3 +51,12 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     finally:
         cluster.stop(timeout=15)
         assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave a gateway process tree running."""
+    yield
+    from tests.harness.gateway import kill_leftovers
+
+    kill_leftovers()

@@ -63,6 +63,22 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+STARTED: list["Gateway"] = []
+"""Every gateway a test started; tests/conftest.py kills what is still running after each test."""
+
+
+def kill_leftovers() -> None:
+    """SIGKILL the process group of every started gateway that is still running (a failed test)."""
+    while STARTED:
+        gateway = STARTED.pop()
+        if gateway.process is not None and gateway.process.poll() is None:
+            try:
+                os.killpg(gateway.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            gateway.process.wait(10)
+
+
 class Gateway:
     """One gateway process tree started from a profile dict."""
 
@@ -81,6 +97,7 @@ class Gateway:
         self.stderr_path = workdir / "gateway.stderr"
 
     def start(self, *extra: str) -> "Gateway":
+        STARTED.append(self)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "savegress_gw", "start", "-c", str(self.profile_path), *extra],
             stdout=open(self.stdout_path, "ab"), stderr=open(self.stderr_path, "ab"), env=self.env,
