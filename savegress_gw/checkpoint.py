@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from savegress_gw.durable import fsync_directory
 from savegress_gw.errors import GatewayError
 from savegress_gw.profile.settings import CheckpointSettings
 
@@ -82,11 +83,7 @@ class CheckpointStore:
                 os.fsync(handle.fileno())
         os.replace(tmp, self.path)
         if self.settings.sync_mode == "sync":
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(self.path.parent)
 
     def due(self, now: float) -> bool:
         return now - self.saved_at >= self.settings.interval

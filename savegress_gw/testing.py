@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from savegress_gw.assembly import instantiate
-from savegress_gw.components import Component, Context
+from savegress_gw.components import Batch, Component, Context, Outcome
 from savegress_gw.plugins import Registry, load_registry
 from savegress_gw.profile.model import ProfileBase, validate_profile
 from savegress_gw.shared import SharedBlock
@@ -57,10 +57,18 @@ def build_sink(data: dict[str, Any], *modules: ModuleType) -> Component:
     return sink
 
 
+def send_one(sink: Component, batch: Batch) -> Outcome:
+    """``sink.send(batch)`` for a sink that reports from ``send`` itself; its one outcome."""
+    outcomes: list[Outcome] = []
+    sink.send(batch, outcomes.append)
+    [outcome] = outcomes
+    return outcome
+
+
 def make_context(profile: ProfileBase | None = None, *, process: str = "test", worker_index: int = 0,
                  shared: SharedBlock | None = None, **kwargs: Any) -> Context:
     return Context(process=process, worker_index=worker_index, log=structlog.get_logger().bind(process=process),
                    profile=profile, shared=shared, **kwargs)
 
 
-__all__ = ["build", "build_sink", "instantiate", "make_context", "registry_of", "validated"]
+__all__ = ["build", "build_sink", "instantiate", "make_context", "registry_of", "send_one", "validated"]

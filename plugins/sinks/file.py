@@ -18,6 +18,7 @@ from pydantic import Field
 from structlog.typing import FilteringBoundLogger
 
 from savegress_gw import Batch, Component, ComponentConfig, Compressor, Context, Outcome, Sink, Status, hookimpl
+from savegress_gw.durable import fsync_directory
 from savegress_gw.compression import FILE_SUFFIX
 from savegress_gw.components import DeliveryCallback
 from savegress_gw.units import Size
@@ -151,7 +152,7 @@ class FileSink(Sink):
             self._log.warning("cut an incomplete last line from the active file", bytes=cut)
         self._file = file = open(self._path, "a+b")  # readable too, for _ends_whole
         if created and self._ack == "all":
-            _fsync_directory(self._path.parent)
+            fsync_directory(self._path.parent)
         return file
 
     def _drop_active(self) -> None:
@@ -219,7 +220,7 @@ class FileSink(Sink):
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, target)
-            _fsync_directory(segment.parent)
+            fsync_directory(segment.parent)
             segment.unlink()
         except OSError as exc:
             if tmp is not None:
@@ -270,15 +271,6 @@ def _cut_torn_tail(path: Path) -> int:
         if keep < end:
             file.truncate(keep)
     return end - keep
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames and creations in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @hookimpl

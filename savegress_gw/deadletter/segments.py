@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from savegress_gw.durable import fsync_directory
 from savegress_gw.deadletter.records import HEADER, MAGIC, MAGIC_BYTES, segment_name
 
 _OFFSET = struct.Struct("<Q")
@@ -157,15 +158,6 @@ def append_tombstones(path: Path, offsets: Iterable[int]) -> None:
         os.close(fd)
     if created:
         fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the creation or deletion of files in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

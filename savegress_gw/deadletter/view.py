@@ -16,11 +16,11 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from savegress_gw.deadletter.records import parked_ms
+from savegress_gw.durable import fsync_directory
 from savegress_gw.deadletter.segments import (
     CORRUPT,
     RECORD,
     append_tombstones,
-    fsync_directory,
     list_segments,
     load_tombstones,
     scan,

@@ -12,7 +12,7 @@ import pytest
 from savegress_gw import Batch, Outcome, Status
 from savegress_gw.compression import decompress
 from savegress_gw.envelope import encode
-from savegress_gw.testing import build_sink
+from savegress_gw.testing import build_sink, send_one
 from savegress_gw_plugins.compressors import lz4 as lz4_module
 from savegress_gw_plugins.sinks import file as file_module
 from savegress_gw_plugins.sinks.file import FileSink
@@ -46,13 +46,6 @@ def open_sink(directory: Path, compression: dict[str, Any] = NO_COMPRESSION, ack
     return sink
 
 
-def send(sink: FileSink, events: Batch) -> Outcome:
-    outcomes: list[Outcome] = []
-    sink.send(events, outcomes.append)
-    [outcome] = outcomes
-    return outcome
-
-
 def files(directory: Path) -> list[str]:
     """The sink's files, without the lock file every sink keeps beside them."""
     assert (directory / ".events.jsonl.lock").exists()
@@ -74,8 +67,8 @@ def all_lines(directory: Path) -> list[bytes]:
 
 def test_writes_one_envelope_per_line(tmp_path: Path) -> None:
     sink = open_sink(tmp_path)
-    assert send(sink, batch(0, 3)) == Outcome(Status.DELIVERED)
-    assert send(sink, batch(3, 2)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(0, 3)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(3, 2)) == Outcome(Status.DELIVERED)
     sink.close()
     sink.close()
     assert (tmp_path / "events.jsonl").read_bytes().splitlines() == batch(0, 5).payloads
@@ -83,7 +76,7 @@ def test_writes_one_envelope_per_line(tmp_path: Path) -> None:
 
 def test_creates_the_directory(tmp_path: Path) -> None:
     sink = open_sink(tmp_path / "data" / "out")
-    send(sink, batch(0, 1))
+    send_one(sink, batch(0, 1))
     sink.close()
     assert files(tmp_path / "data" / "out") == ["events.jsonl"]
 
@@ -91,7 +84,7 @@ def test_creates_the_directory(tmp_path: Path) -> None:
 def test_rotates_by_size_and_keeps_max_files(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, max_size="1KB", max_files=3, compress=False)
     for first in range(0, 40, 2):  # 20 batches of ~400 bytes: two per segment
-        send(sink, batch(first, 2))
+        send_one(sink, batch(first, 2))
     sink.close()
     segments = sorted(tmp_path.glob("events.jsonl.*"), key=segment_number)
     assert [segment_number(s) for s in segments] == [7, 8, 9]
@@ -101,8 +94,8 @@ def test_rotates_by_size_and_keeps_max_files(tmp_path: Path) -> None:
 
 def test_a_batch_larger_than_max_size_goes_in_whole(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, max_size=500, compress=False)
-    send(sink, batch(0, 10))
-    send(sink, batch(10, 10))
+    send_one(sink, batch(0, 10))
+    send_one(sink, batch(10, 10))
     sink.close()
     assert files(tmp_path) == ["events.jsonl", "events.jsonl.1"]
     assert all_lines(tmp_path) == batch(0, 20).payloads
@@ -111,7 +104,7 @@ def test_a_batch_larger_than_max_size_goes_in_whole(tmp_path: Path) -> None:
 def test_no_rotation_when_disabled(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, enabled=False, max_size=100)
     for first in range(0, 10, 2):
-        send(sink, batch(first, 2))
+        send_one(sink, batch(first, 2))
     sink.close()
     assert files(tmp_path) == ["events.jsonl"]
 
@@ -119,12 +112,12 @@ def test_no_rotation_when_disabled(tmp_path: Path) -> None:
 def test_numbering_continues_after_reopen_and_appends(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, max_size="1KB", max_files=10, compress=False)
     for first in range(0, 10, 2):
-        send(sink, batch(first, 2))
+        send_one(sink, batch(first, 2))
     sink.close()
     assert files(tmp_path) == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
     reopened = open_sink(tmp_path, max_size="1KB", max_files=10, compress=False)
     for first in range(10, 20, 2):
-        send(reopened, batch(first, 2))
+        send_one(reopened, batch(first, 2))
     reopened.close()
     assert sorted(segment_number(s) for s in tmp_path.glob("events.jsonl.*")) == [1, 2, 3, 4]
     assert all_lines(tmp_path) == batch(0, 20).payloads
@@ -133,7 +126,7 @@ def test_numbering_continues_after_reopen_and_appends(tmp_path: Path) -> None:
 def test_rotated_segments_are_compressed_and_decode_to_the_exact_lines(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, compression=LZ4, max_size="2KB", max_files=10)
     for first in range(0, 80, 4):
-        send(sink, batch(first, 4))
+        send_one(sink, batch(first, 4))
     sink.close()
     segments = sorted(tmp_path.glob("events.jsonl.*"), key=segment_number)
     assert segments and all(s.name.endswith(".lz4") for s in segments)
@@ -144,8 +137,8 @@ def test_rotated_segments_are_compressed_and_decode_to_the_exact_lines(tmp_path:
 
 def test_segment_left_plain_when_the_compressor_answers_identity(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, compression={**LZ4, "min_size": "1MB"}, max_size=500)
-    send(sink, batch(0, 3))
-    send(sink, batch(3, 3))
+    send_one(sink, batch(0, 3))
+    send_one(sink, batch(3, 3))
     sink.close()
     assert files(tmp_path) == ["events.jsonl", "events.jsonl.1"]
 
@@ -162,12 +155,12 @@ def test_recovers_what_a_crash_left_behind(tmp_path: Path) -> None:
     assert files(tmp_path) == ["events.jsonl", "events.jsonl.3.lz4", "events.jsonl.4.lz4"]
     assert decompress((tmp_path / "events.jsonl.4.lz4").read_bytes(), "lz4") == old
     assert (tmp_path / "events.jsonl").read_bytes() == active[0] + b"\n"
-    send(sink, batch(21, 1))
+    send_one(sink, batch(21, 1))
     sink.close()
     assert (tmp_path / "events.jsonl").read_bytes().splitlines() == active
 
     rotating = open_sink(tmp_path, compression=LZ4, max_size=100)
-    send(rotating, batch(22, 1))
+    send_one(rotating, batch(22, 1))
     rotating.close()
     assert files(tmp_path) == ["events.jsonl", "events.jsonl.3.lz4", "events.jsonl.4.lz4", "events.jsonl.5.lz4"]
 
@@ -189,14 +182,14 @@ def test_ack_all_fsyncs_every_batch(tmp_path: Path, fsyncs: list[int]) -> None:
     sink = open_sink(tmp_path, ack_mode="all")
     opened = len(fsyncs)  # the directory, as the active file was created
     for first in range(0, 5):
-        send(sink, batch(first, 1))
+        send_one(sink, batch(first, 1))
     sink.close()
     assert (opened, len(fsyncs) - opened) == (1, 5)
 
 
 def test_ack_leader_flushes_without_fsync(tmp_path: Path, fsyncs: list[int]) -> None:
     sink = open_sink(tmp_path, ack_mode="leader")
-    send(sink, batch(0, 1))
+    send_one(sink, batch(0, 1))
     assert (tmp_path / "events.jsonl").read_bytes() == batch(0, 1).payloads[0] + b"\n"
     sink.close()
     assert fsyncs == []
@@ -204,7 +197,7 @@ def test_ack_leader_flushes_without_fsync(tmp_path: Path, fsyncs: list[int]) -> 
 
 def test_ack_none_acknowledges_from_the_python_buffer(tmp_path: Path, fsyncs: list[int]) -> None:
     sink = open_sink(tmp_path, ack_mode="none")
-    assert send(sink, batch(0, 1)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(0, 1)) == Outcome(Status.DELIVERED)
     assert (tmp_path / "events.jsonl").read_bytes() == b""
     sink.close()
     assert (tmp_path / "events.jsonl").read_bytes() == batch(0, 1).payloads[0] + b"\n"
@@ -213,17 +206,17 @@ def test_ack_none_acknowledges_from_the_python_buffer(tmp_path: Path, fsyncs: li
 
 def test_ack_none_still_flushes_when_workers_share_the_file(tmp_path: Path) -> None:
     sink = open_sink(tmp_path, ack_mode="none", workers=2)
-    send(sink, batch(0, 1))
+    send_one(sink, batch(0, 1))
     assert (tmp_path / "events.jsonl").read_bytes() == batch(0, 1).payloads[0] + b"\n"
     sink.close()
 
 
 def test_a_worker_killed_mid_write_does_not_corrupt_the_next_line(tmp_path: Path) -> None:
     survivor = open_sink(tmp_path, workers=2)
-    send(survivor, batch(0, 1))
+    send_one(survivor, batch(0, 1))
     with (tmp_path / "events.jsonl").open("ab") as killed:  # what a SIGKILLed worker leaves
         killed.write(batch(1, 1).payloads[0][:25])
-    send(survivor, batch(2, 1))
+    send_one(survivor, batch(2, 1))
     survivor.close()
     assert (tmp_path / "events.jsonl").read_bytes().splitlines() == batch(0, 1).payloads + batch(2, 1).payloads
 
@@ -232,7 +225,7 @@ def test_workers_sharing_one_path_rotate_without_losing_a_line(tmp_path: Path) -
     first, second = (open_sink(tmp_path, compression=LZ4, workers=2, max_size="2KB", max_files=100)
                      for _ in range(2))
     for start in range(0, 120, 3):  # alternate: each sink sees the other's rotations
-        assert send(first if start % 2 else second, batch(start, 3)) == Outcome(Status.DELIVERED)
+        assert send_one(first if start % 2 else second, batch(start, 3)) == Outcome(Status.DELIVERED)
     first.close()
     second.close()
     segments = sorted(tmp_path.glob("events.jsonl.*"), key=segment_number)
@@ -248,10 +241,10 @@ def test_os_error_is_errored_and_the_next_send_recovers(tmp_path: Path, monkeypa
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing)
-    outcome = send(sink, batch(0, 1))
+    outcome = send_one(sink, batch(0, 1))
     assert outcome.status is Status.ERRORED
     assert "Input/output error" in outcome.reason and "events.jsonl" in outcome.reason
     monkeypatch.undo()
-    assert send(sink, batch(0, 1)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(0, 1)) == Outcome(Status.DELIVERED)
     sink.close()
     assert (tmp_path / "events.jsonl").read_bytes().splitlines() == batch(0, 1).payloads * 2  # at least once

@@ -29,7 +29,7 @@ from savegress_gw.compression import decompress
 from savegress_gw.envelope import encode
 from savegress_gw.errors import ProfileError
 from savegress_gw.profile.settings import RetrySettings
-from savegress_gw.testing import build_sink, instantiate, registry_of, validated
+from savegress_gw.testing import build_sink, instantiate, registry_of, send_one, validated
 from savegress_gw_plugins.compressors import lz4 as lz4_module
 from savegress_gw_plugins.compressors import zstd as zstd_module
 from savegress_gw_plugins.sinks import webhook as webhook_module
@@ -154,13 +154,6 @@ def open_sink(url: str, compression: dict[str, Any] = NO_COMPRESSION, **output: 
     return sink
 
 
-def send(sink: WebhookSink, events: Batch) -> Outcome:
-    outcomes: list[Outcome] = []
-    sink.send(events, outcomes.append)
-    [outcome] = outcomes
-    return outcome
-
-
 def events_of(request: Request) -> list[bytes]:
     """The events of a batch-wrapper body, re-encoded as the sink's payloads are."""
     return [orjson.dumps(event) for event in orjson.loads(request.body)["events"]]
@@ -180,7 +173,7 @@ def refused_url() -> Iterator[str]:
 def test_single_events_are_sent_as_bare_envelopes(server: Server) -> None:
     sink = open_sink(server.url, batch_size=1)
     events = batch(0, 3)
-    assert send(sink, events) == Outcome(Status.DELIVERED)
+    assert send_one(sink, events) == Outcome(Status.DELIVERED)
     sink.close()
     sink.close()
     assert [r.body for r in server.requests] == events.payloads
@@ -193,7 +186,7 @@ def test_batches_are_sent_in_the_batch_wrapper(server: Server) -> None:
     sink = open_sink(server.url)
     events = batch(0, 5)
     before = time.time()
-    assert send(sink, events) == Outcome(Status.DELIVERED)
+    assert send_one(sink, events) == Outcome(Status.DELIVERED)
     sink.close()
     [request] = server.requests
     body = orjson.loads(request.body)
@@ -210,7 +203,7 @@ def test_batches_are_sent_in_the_batch_wrapper(server: Server) -> None:
 def test_a_large_batch_is_split_into_requests_in_order(server: Server) -> None:
     sink = open_sink(server.url, batch_size=100)
     events = batch(0, 250)
-    assert send(sink, events) == Outcome(Status.DELIVERED)
+    assert send_one(sink, events) == Outcome(Status.DELIVERED)
     sink.close()
     assert [orjson.loads(r.body)["batch_size"] for r in server.requests] == [100, 100, 50]
     assert [e for r in server.requests for e in events_of(r)] == events.payloads
@@ -219,7 +212,7 @@ def test_a_large_batch_is_split_into_requests_in_order(server: Server) -> None:
 
 def test_user_headers_and_method(server: Server) -> None:
     sink = open_sink(server.url, method="put", headers={"Authorization": "Bearer t0k", "content-type": "text/plain"})
-    send(sink, batch(0, 1))
+    send_one(sink, batch(0, 1))
     sink.close()
     [request] = server.requests
     assert request.method == "PUT"
@@ -229,7 +222,7 @@ def test_user_headers_and_method(server: Server) -> None:
 
 def test_signature_is_an_hmac_of_the_body(server: Server) -> None:
     sink = open_sink(server.url, signing_secret="s3cret")
-    send(sink, batch(0, 2))
+    send_one(sink, batch(0, 2))
     sink.close()
     [request] = server.requests
     expected = "sha256=" + hmac.new(b"s3cret", request.body, hashlib.sha256).hexdigest()
@@ -240,7 +233,7 @@ def test_signature_is_an_hmac_of_the_body(server: Server) -> None:
 def test_compressed_bodies_are_labelled_and_signed_as_sent(server: Server, algorithm: str) -> None:
     sink = open_sink(server.url, compression={"algorithm": algorithm, "min_size": 0}, secret="k")
     events = batch(0, 20)
-    assert send(sink, events) == Outcome(Status.DELIVERED)
+    assert send_one(sink, events) == Outcome(Status.DELIVERED)
     sink.close()
     [request] = server.requests
     assert request.headers["Content-Encoding"] == algorithm
@@ -258,7 +251,7 @@ def test_compressed_bodies_are_labelled_and_signed_as_sent(server: Server, algor
 def test_bodies_stay_plain_without_compression(server: Server, compression: dict[str, Any],
                                                output: dict[str, Any]) -> None:
     sink = open_sink(server.url, compression=compression, **output)
-    send(sink, batch(0, 20))
+    send_one(sink, batch(0, 20))
     sink.close()
     [request] = server.requests
     assert "Content-Encoding" not in request.headers
@@ -271,10 +264,10 @@ def test_bodies_stay_plain_without_compression(server: Server, compression: dict
 def test_503_is_errored_with_the_retry_after_hint(server: Server) -> None:
     server.script.append(Reply(503, {"Retry-After": "2"}, b"down for maintenance"))
     sink = open_sink(server.url)
-    outcome = send(sink, batch(0, 3))
+    outcome = send_one(sink, batch(0, 3))
     assert outcome == Outcome(Status.ERRORED, "webhook delivery failed: 503 Service Unavailable: down for maintenance",
                               retry_after_s=2.0)
-    assert send(sink, batch(0, 3)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(0, 3)) == Outcome(Status.DELIVERED)
     sink.close()
 
 
@@ -282,7 +275,7 @@ def test_503_is_errored_with_the_retry_after_hint(server: Server) -> None:
 def test_retry_after_hints_that_are_not_plain(server: Server, header: str, seconds: float | None) -> None:
     server.script.append(Reply(503, {"Retry-After": header}))
     sink = open_sink(server.url)
-    outcome = send(sink, batch(0, 1))
+    outcome = send_one(sink, batch(0, 1))
     sink.close()
     assert outcome.status is Status.ERRORED and outcome.retry_after_s == seconds
 
@@ -291,7 +284,7 @@ def test_429_with_an_http_date_retry_after(server: Server) -> None:
     when = email.utils.formatdate(time.time() + 10, usegmt=True)
     server.script.append(Reply(429, {"Retry-After": when}, b""))
     sink = open_sink(server.url)
-    outcome = send(sink, batch(0, 1))
+    outcome = send_one(sink, batch(0, 1))
     sink.close()
     assert outcome.status is Status.ERRORED and outcome.reason == "webhook delivery failed: 429 Too Many Requests"
     assert outcome.retry_after_s is not None and 8 <= outcome.retry_after_s <= 10
@@ -300,7 +293,7 @@ def test_429_with_an_http_date_retry_after(server: Server) -> None:
 def test_400_is_rejected_with_the_start_of_the_response(server: Server) -> None:
     server.script.append(Reply(400, body=b"bad event: " + b"x" * 500))
     sink = open_sink(server.url)
-    outcome = send(sink, batch(0, 3))
+    outcome = send_one(sink, batch(0, 3))
     sink.close()
     assert outcome.status is Status.REJECTED and outcome.failed == [] and outcome.retry_after_s is None
     assert outcome.reason == "webhook delivery failed: 400 Bad Request: bad event: " + "x" * 189
@@ -309,7 +302,7 @@ def test_400_is_rejected_with_the_start_of_the_response(server: Server) -> None:
 def test_a_redirect_is_rejected_naming_the_location(server: Server) -> None:
     server.script.append(Reply(301, {"Location": "https://elsewhere/events"}, b""))
     sink = open_sink(server.url)
-    outcome = send(sink, batch(0, 1))
+    outcome = send_one(sink, batch(0, 1))
     sink.close()
     assert outcome == Outcome(Status.REJECTED,
                               "webhook delivery failed: 301 Moved Permanently (Location: https://elsewhere/events)")
@@ -318,7 +311,7 @@ def test_a_redirect_is_rejected_naming_the_location(server: Server) -> None:
 def test_a_failure_in_the_second_request_fails_the_rest(server: Server) -> None:
     server.script.extend([Reply(), Reply(503)])
     sink = open_sink(server.url, batch_size=100)
-    outcome = send(sink, batch(0, 250))
+    outcome = send_one(sink, batch(0, 250))
     sink.close()
     assert outcome.status is Status.DELIVERED and outcome.failed_status is Status.ERRORED
     assert outcome.failed == list(range(100, 250))
@@ -330,7 +323,7 @@ def test_a_rejected_request_does_not_stop_the_next_ones(server: Server) -> None:
     server.script.extend([Reply(), Reply(413, body=b"too large")])
     sink = open_sink(server.url, batch_size=100)
     events = batch(0, 250)
-    outcome = send(sink, events)
+    outcome = send_one(sink, events)
     sink.close()
     assert outcome == Outcome(Status.DELIVERED, "webhook delivery failed: 413 Request Entity Too Large: too large",
                               failed=list(range(100, 200)), failed_status=Status.REJECTED)
@@ -340,7 +333,7 @@ def test_a_rejected_request_does_not_stop_the_next_ones(server: Server) -> None:
 def test_an_error_after_a_rejection_fails_both_as_errored(server: Server) -> None:
     server.script.extend([Reply(), Reply(400, body=b"no"), Reply(500, body=b"oops")])
     sink = open_sink(server.url, batch_size=2)
-    outcome = send(sink, batch(0, 8))
+    outcome = send_one(sink, batch(0, 8))
     sink.close()
     assert outcome == Outcome(Status.DELIVERED, "webhook delivery failed: 400 Bad Request: no; "
                               "webhook delivery failed: 500 Internal Server Error: oops",
@@ -351,7 +344,7 @@ def test_an_error_after_a_rejection_fails_both_as_errored(server: Server) -> Non
 def test_every_request_rejected_rejects_the_whole_batch(server: Server) -> None:
     server.script.extend([Reply(422, body=b"no")] * 3)
     sink = open_sink(server.url, batch_size=2)
-    outcome = send(sink, batch(0, 5))
+    outcome = send_one(sink, batch(0, 5))
     sink.close()
     assert outcome == Outcome(Status.REJECTED, "webhook delivery failed: 422 Unprocessable Entity: no")
 
@@ -360,11 +353,11 @@ def test_a_timeout_is_errored_within_the_timeout(server: Server) -> None:
     server.script.append(Reply(hang=True))
     sink = open_sink(server.url, timeout="300ms")
     started = time.monotonic()
-    outcome = send(sink, batch(0, 3))
+    outcome = send_one(sink, batch(0, 3))
     elapsed = time.monotonic() - started
     assert outcome == Outcome(Status.ERRORED, "webhook delivery failed: timeout")
     assert 0.25 <= elapsed < 1.0
-    assert send(sink, batch(0, 3)) == Outcome(Status.DELIVERED)  # on a new connection
+    assert send_one(sink, batch(0, 3)) == Outcome(Status.DELIVERED)  # on a new connection
     sink.close()
     assert server.connections == 2
 
@@ -372,7 +365,7 @@ def test_a_timeout_is_errored_within_the_timeout(server: Server) -> None:
 def test_connection_refused_is_errored() -> None:
     with refused_url() as url:
         sink = open_sink(url)
-        outcome = send(sink, batch(0, 3))
+        outcome = send_one(sink, batch(0, 3))
         sink.close()
         assert outcome.status is Status.ERRORED and outcome.failed == []
         assert outcome.reason.startswith("webhook delivery failed: ConnectionRefusedError")
@@ -381,9 +374,9 @@ def test_connection_refused_is_errored() -> None:
 def test_a_connection_the_server_closed_while_idle_is_reopened(server: Server) -> None:
     server.script.append(Reply(close=True))
     sink = open_sink(server.url)
-    assert send(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
     time.sleep(0.1)
-    assert send(sink, batch(2, 2)) == Outcome(Status.DELIVERED)
+    assert send_one(sink, batch(2, 2)) == Outcome(Status.DELIVERED)
     sink.close()
     assert [e for r in server.requests for e in events_of(r)] == batch(0, 4).payloads
     assert server.connections == 2
@@ -391,7 +384,7 @@ def test_a_connection_the_server_closed_while_idle_is_reopened(server: Server) -
 
 def test_an_empty_batch_is_delivered_without_a_request(server: Server) -> None:
     sink = open_sink(server.url)
-    assert send(sink, Batch.empty()) == Outcome(Status.DELIVERED)
+    assert send_one(sink, Batch.empty()) == Outcome(Status.DELIVERED)
     sink.close()
     assert server.requests == []
 
@@ -426,7 +419,7 @@ def https_server(certificate: tuple[Path, Path], client_ca: Path | None = None) 
 def test_tls_skip_verify_accepts_a_self_signed_certificate(certificate: tuple[Path, Path]) -> None:
     with https_server(certificate) as server:
         sink = open_sink(server.url, tls={"skip_verify": True})
-        assert send(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
+        assert send_one(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
         sink.close()
         assert events_of(server.requests[0]) == batch(0, 2).payloads
 
@@ -434,7 +427,7 @@ def test_tls_skip_verify_accepts_a_self_signed_certificate(certificate: tuple[Pa
 def test_tls_verifies_the_server_by_default(certificate: tuple[Path, Path]) -> None:
     with https_server(certificate) as server:
         sink = open_sink(server.url)
-        outcome = send(sink, batch(0, 2))
+        outcome = send_one(sink, batch(0, 2))
         sink.close()
         assert outcome.status is Status.ERRORED and "CERTIFICATE_VERIFY_FAILED" in outcome.reason
         assert server.requests == []
@@ -444,7 +437,7 @@ def test_tls_with_ca_file_and_a_client_certificate(certificate: tuple[Path, Path
     cert, key = certificate
     with https_server(certificate, client_ca=cert) as server:
         sink = open_sink(server.url, tls={"ca_file": str(cert), "cert_file": str(cert), "key_file": str(key)})
-        assert send(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
+        assert send_one(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
         sink.close()
         assert len(server.requests) == 1
 
