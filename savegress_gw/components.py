@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from savegress_gw.metrics import ProcessMetrics
     from savegress_gw.shared import SharedBlock
 
 KINDS = ("source", "compressor", "limiter", "backpressure", "dlq", "sink")
@@ -55,6 +56,9 @@ class Context:
     """Float64 slots in shared memory plus a lock, when the component class asks for ``shared_slots``."""
     compressor: "Compressor | None" = None
     """The profile's gateway compressor, for sinks that write compressed data themselves."""
+    metrics: "ProcessMetrics | None" = None
+    """This process's row of the shared metrics, for components that report gauges of their own
+    (set in the source process; write per batch, never per event)."""
 
 
 class Component(abc.ABC):

@@ -365,7 +365,7 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
 
     def context(kind: str) -> Context:
         return Context(process="source", worker_index=-1, log=log.bind(component=kind), profile=profile,
-                       shared=runtime.args.shared.get(kind))
+                       shared=runtime.args.shared.get(kind), metrics=runtime.metrics)
 
     open_component(source, context("source"))
     if backpressure is not None:
