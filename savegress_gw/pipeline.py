@@ -10,6 +10,13 @@ Parking: events the sink REJECTED, and events whose retries are exhausted, go to
 queue with the reason. Without one, rejected events are dropped (counted, logged by id) and
 transient failures are retried forever: nothing is lost silently. If the dead-letter queue itself
 fails, the events wait and the parking is retried.
+
+Holding (``dlq.preserve_order``, with :class:`~savegress_gw.deadletter.holds.KeyHolds`): every
+event is checked against the held keys right before it is handed to the sink, first time or
+retry, in stream order; an event of a held key is parked behind the event its key is held
+behind instead of being sent (if that parking fails, its batch waits and is tried again). Events
+already handed to the sink when an earlier event of their key fails are not called back: those
+in the same batch as a partly delivered send, or in flight to an asynchronous sink.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import msgpack
 from savegress_gw.batching import Batcher
 from savegress_gw.circuit import CircuitBreaker, State
 from savegress_gw.components import Batch, DeadLetterQueue, Limiter, Outcome, Sink, Status
+from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
@@ -57,10 +65,10 @@ class Pipeline:
     def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
                  metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
                  origin: str = "", breaker: CircuitBreaker | None = None,
-                 event_deadline: float | None = None) -> None:
+                 event_deadline: float | None = None, holds: KeyHolds | None = None) -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
         self.retry_settings, self.metrics, self.log = retry, metrics, log
-        self.dlq, self.origin, self.breaker = dlq, origin, breaker
+        self.dlq, self.origin, self.breaker, self.holds = dlq, origin, breaker, holds
         self.event_deadline_ns = None if event_deadline is None else int(event_deadline * 1e9)
         self.read_index = 0
         self.sent_index = 0
@@ -77,6 +85,8 @@ class Pipeline:
 
     def step(self, now: float, draining: bool = False) -> bool:
         """Do one round of work; return True if anything happened (else the caller may idle)."""
+        if self.holds is not None:
+            self.holds.poll(now)
         worked = self._read(now)
         worked |= self._send_retries(now)
         if not self._retries:
@@ -84,6 +94,11 @@ class Pipeline:
         self.sink.poll(0)
         worked |= self._settle(now)
         return worked
+
+    def finish(self, timeout_s: float) -> None:
+        """Last round before the worker exits: wait up to ``timeout_s`` for deliveries, settle them."""
+        self.sink.flush(timeout_s)
+        self.step(time.monotonic(), draining=True)
 
     def settled(self) -> bool:
         """Nothing unread, pending, held, in flight or waiting for a retry."""
@@ -130,7 +145,9 @@ class Pipeline:
                 batch = self._set_aside_expired(batch, start)
                 if not batch:
                     continue
-            self._send(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)))
+            self._dispatch(_Send(start, self.sent_index, batch, Backoff(self.retry_settings)), now)
+            if self._retries:  # held events could not be parked: newer batches wait behind them
+                return worked
         return worked
 
     def _set_aside_expired(self, batch: Batch, start: int) -> Batch:
@@ -154,16 +171,20 @@ class Pipeline:
 
     def _failure_reported(self) -> bool:
         """A send already reported a failure (a synchronous sink does so inside ``send``): newer
-        batches must wait until it is retried, or they would overtake it."""
-        return any(o.status is Status.ERRORED or (o.failed and o.failed_status is Status.ERRORED)
-                   for _, o in self._outcomes)
+        batches must wait until it is retried (or, holding keys, parked), or they would overtake it."""
+        for _, o in self._outcomes:
+            if o.status is Status.ERRORED or (o.failed and o.failed_status is Status.ERRORED):
+                return True
+            if self.holds is not None and (o.status is Status.REJECTED or o.failed):
+                return True
+        return False
 
     def _send_retries(self, now: float) -> bool:
         """Re-send failed batches in stream order; a later one never goes before an earlier one."""
         self._retries.sort(key=lambda send: send.start)
         sent = 0
         while self._retries and self._retries[0].due <= now and self._breaker_allows(now):
-            self._send(self._retries.pop(0))
+            self._dispatch(self._retries.pop(0), now)
             sent += 1
         return bool(sent)
 
@@ -193,6 +214,31 @@ class Pipeline:
         log = self.log.warning if state is State.OPEN else self.log.info
         log("circuit breaker " + state.name.lower().replace("_", "-"), reason=reason or None,
             reopens_in_s=round(self.breaker.reopens_at() - now, 3) if state is State.OPEN else None)
+
+    def _dispatch(self, send: _Send, now: float) -> None:
+        """Send ``send`` after parking its events of held keys (see the module docstring)."""
+        if self.holds is not None and len(self.holds):
+            behind: dict[str, list[int]] = {}
+            for i, key in enumerate(send.batch.keys):
+                if (blocker := self.holds.blocker(key)) is not None:
+                    behind.setdefault(blocker, []).append(i)
+            parked: set[int] = set()
+            for blocker, indices in behind.items():
+                if not self._park(send.batch.take(indices), f"held behind parked event {blocker} "
+                                  f"(dlq.preserve_order)", 0):
+                    break
+                parked.update(indices)
+            if len(parked) == len(send.batch):
+                self._complete(send.start, send.end)
+                self._acknowledge()
+                return
+            if parked:
+                send.batch = send.batch.take([i for i in range(len(send.batch)) if i not in parked])
+            if len(parked) < sum(map(len, behind.values())):  # the dead-letter queue failed: try again later
+                send.due = now + send.backoff.next_delay()
+                self._retries.append(send)
+                return
+        self._send(send)
 
     def _send(self, send: _Send) -> None:
         if self.breaker is not None:
@@ -246,6 +292,8 @@ class Pipeline:
                            error=f"{type(exc).__name__}: {exc}", events=len(batch))
             return False
         self.metrics.inc("events_dead_lettered_total", len(batch))
+        if self.holds is not None:
+            self.holds.parked(batch)
         self.log.warning("events parked in the dead-letter queue", reason=reason, attempts=attempts,
                          events=len(batch), event_ids=batch.ids[:20])
         return True

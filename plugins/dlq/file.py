@@ -11,7 +11,7 @@ from typing import Callable
 from pydantic import Field
 
 from savegress_gw import Batch, Component, ComponentConfig, Compressor, Context, DeadLetterQueue, hookimpl
-from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetterWriter
+from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetterStore, DeadLetterWriter
 from savegress_gw.units import Size
 
 
@@ -60,7 +60,8 @@ class FileDeadLetterQueue(DeadLetterQueue):
 
     def open(self, context: Context) -> None:
         self._compressor: Compressor | None = context.compressor if self.config.compression else None
-        self._writer.open(context.log.bind(dlq=str(self._writer.directory)))
+        self._log = context.log.bind(dlq=str(self._writer.directory))
+        self._writer.open(self._log)
 
     def put(self, batch: Batch, reason: str, attempts: int, origin: str) -> None:
         if not len(batch):
@@ -70,6 +71,16 @@ class FileDeadLetterQueue(DeadLetterQueue):
             compressed = [self._compressor.compress(p) for p in batch.payloads]
             payloads, encodings = [c.data for c in compressed], [c.encoding for c in compressed]
         self._writer.append(batch, payloads, encodings, reason, attempts, origin)
+
+    def parked_keys(self) -> dict[str, str]:
+        """Every key with a live entry → the event id of its oldest one (``dlq.preserve_order``).
+
+        Reads the whole directory with a store of its own (no lock, nothing shared with ``put``).
+        """
+        keys: dict[str, str] = {}
+        for entry in DeadLetterStore(self._writer.directory, self._log).entries():
+            keys.setdefault(entry.key, entry.event_id)
+        return keys
 
     def close(self) -> None:
         self._writer.close()

@@ -47,7 +47,6 @@ TransactionParallelApplyLater = not_yet("transaction-parallel apply, with the da
 LogRotationLater = not_yet("log rotation")
 CompressorPoolsLater = not_yet("compressor pools; compression runs in every worker process")
 PerTableCompressionLater = not_yet("per-table compression")
-PreserveOrderLater = not_yet("holding later events of a parked key, issue 4")
 
 
 # --------------------------------------------------------------------------------------- gateway
@@ -325,7 +324,9 @@ class DlqSection(Section):
     """Double the delay on each retry (default: ``retry.multiplier`` applies)."""
     max_retry_delay: Duration | None = None
     """Cap of the retry delay (default: ``retry.max_delay``)."""
-    preserve_order: PreserveOrderLater = None
+    preserve_order: bool = False
+    """Hold later events of a key behind its parked event: they are parked too, until the queue
+    holds no entry of the key any more (replayed or purged; :mod:`savegress_gw.deadletter.holds`)."""
 
     def retry_settings(self, retry: RetrySettings) -> RetrySettings:
         """``retry`` with this section's explicit keys applied: the policy that decides parking."""

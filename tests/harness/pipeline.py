@@ -15,6 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from savegress_gw.batching import Batcher
 from savegress_gw.components import Batch, ComponentConfig, DeadLetterQueue, Limiter, Outcome, Sink, Status
+from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.metrics import GatewayCollector, MetricsBlock
 from savegress_gw.pipeline import Pipeline, encode_frame
 from savegress_gw.profile.settings import RetrySettings
@@ -85,11 +86,12 @@ def partly(failed: list[int], status: Status) -> Script:
     return lambda batch: Outcome(Status.DELIVERED, "some failed", failed=list(failed), failed_status=status)
 
 
-def events(start: int, count: int) -> Batch:
+def events(start: int, count: int, keys: list[str] | None = None) -> Batch:
+    """Events ``e<start>``.. with key ``t:e<n>`` each, or the given ``keys``."""
     ids = [f"e{i}" for i in range(start, start + count)]
     now = time.time_ns()
     return Batch(
-        payloads=[b'{"id":"%s"}' % i.encode() for i in ids], keys=[f"t:{i}" for i in ids], ids=ids,
+        payloads=[b'{"id":"%s"}' % i.encode() for i in ids], keys=keys or [f"t:{i}" for i in ids], ids=ids,
         operations=["INSERT"] * count, schemas=["public"] * count, tables=["t"] * count,
         timestamps_ms=[now // 1_000_000] * count, ingest_ns=[now] * count,
     )
@@ -104,17 +106,17 @@ class World:
 
     def __init__(self, sink: MemorySink, max_size: int = 4, max_wait: float = 60.0,
                  limiter: Limiter | None = None, dlq: DeadLetterQueue | None = None,
-                 retry: RetrySettings = RETRY) -> None:
+                 retry: RetrySettings = RETRY, holds: KeyHolds | None = None) -> None:
         self.ring = Ring.create(f"sgw-test-{uuid.uuid4().hex[:12]}", 1 << 16)
         self.sink = sink
         self.block = MetricsBlock(1)
         self.pipeline = Pipeline(self.ring, sink, Batcher(max_size, max_wait), limiter, retry, self.block.row(0),
-                                 structlog.get_logger(), dlq, origin="gw/worker-0")
+                                 structlog.get_logger(), dlq, origin="gw/worker-0", holds=holds)
         self.frame_ends: list[int] = []
         self.written = 0
 
-    def write(self, count: int) -> None:
-        self.ring.write(encode_frame(events(self.written, count)))
+    def write(self, count: int, keys: list[str] | None = None) -> None:
+        self.ring.write(encode_frame(events(self.written, count, keys)))
         self.written += count
         self.frame_ends.append(self.ring.head)
 
@@ -143,13 +145,18 @@ class World:
 
 
 class MemoryDeadLetterQueue(DeadLetterQueue):
-    """Parks in a list; fails the first ``failures`` puts like a dead-letter store that is down."""
+    """Parks in a list; fails the first ``failures`` puts like a dead-letter store that is down.
+
+    ``parked_keys`` answers from the live entries (``keys``, event id → key); ``remove`` takes
+    entries out as a replay or purge would.
+    """
 
     name = "memory"
 
     def __init__(self, failures: int = 0) -> None:
         super().__init__(DeadLetterQueue.Config())
         self.parked: list[tuple[list[str], str, int, str]] = []
+        self.keys: dict[str, str] = {}
         self.failures = failures
 
     def put(self, batch: Batch, reason: str, attempts: int, origin: str) -> None:
@@ -157,3 +164,14 @@ class MemoryDeadLetterQueue(DeadLetterQueue):
             self.failures -= 1
             raise OSError("dead-letter store unavailable")
         self.parked.append((list(batch.ids), reason, attempts, origin))
+        self.keys.update(zip(batch.ids, batch.keys))
+
+    def parked_keys(self) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for event_id, key in self.keys.items():
+            keys.setdefault(key, event_id)
+        return keys
+
+    def remove(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            del self.keys[event_id]
