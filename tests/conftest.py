@@ -60,3 +60,32 @@ def _no_gateway_outlives_its_test() -> Iterator[None]:
     from tests.harness.gateway import kill_leftovers
 
     kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real PostgreSQL (scripts/pg_local.py: wal_level=logical, free port on 127.0.0.1) for
+    the whole session. Tests that stop or crash a server start their own LocalPostgres."""
+    from tests.harness.postgres import pg_local
+
+    server = pg_local.LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def pg_database(postgres) -> Iterator[str]:
+    """A fresh database on the session server, so slots and publications never collide; it is
+    dropped afterwards with its inactive replication slots."""
+    import uuid
+
+    name = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    yield name
+    postgres.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+        " WHERE database = %s AND NOT active", (name,)
+    )
+    postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
