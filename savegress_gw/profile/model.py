@@ -18,6 +18,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, crea
 from savegress_gw.components import Component
 from savegress_gw.errors import ProfileError
 from savegress_gw.plugins import Registry
+from savegress_gw.profile import cdc
 from savegress_gw.profile import settings as s
 
 
@@ -79,14 +80,14 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
     "circuit_breaker": s.CircuitBreakerSettings,
     "replication": s.ReplicationSettings,
     "checkpoint": s.CheckpointSettings,
+    "snapshot": cdc.SnapshotSettings,
+    "schema": cdc.SchemaSettings,
     "logging": s.LoggingSettings,
     "metrics": s.MetricsSettings,
 }
 
 NOT_YET_SECTIONS = {
     "exactly_once": "exactly-once delivery, issue 6",
-    "snapshot": "snapshots, with the PostgreSQL source (issue 5)",
-    "schema": "schema evolution, with the PostgreSQL source (issue 5)",
     "pitr": "point-in-time recovery",
     "storage": "backup storage backends",
     "ha": "HA cluster",
@@ -120,6 +121,12 @@ class ProfileBase(BaseModel):
         return getattr(section, spec.selector)
 
 
+def field_name(key: str) -> str:
+    """The model attribute of profile section ``key``: ``schema`` would shadow ``BaseModel.schema``,
+    so such keys become ``<key>_section`` (validated under their own name through an alias)."""
+    return key if key not in dir(BaseModel) else f"{key}_section"
+
+
 def build_profile_model(registry: Registry) -> type[ProfileBase]:
     """The pydantic model of a whole profile with the components of ``registry``."""
     return _build(_registry_key(registry), registry)
@@ -135,11 +142,11 @@ _models: dict[tuple, type[ProfileBase]] = {}
 def _build(key: tuple, registry: Registry) -> type[ProfileBase]:
     if key in _models:
         return _models[key]
-    fields: dict[str, Any] = {key: (cls, cls()) for key, cls in CORE_SECTIONS.items()}
+    fields: dict[str, Any] = {
+        field_name(key): (cls, Field(default_factory=cls, alias=key)) for key, cls in CORE_SECTIONS.items()
+    }
     for key_name, feature in NOT_YET_SECTIONS.items():
-        # `schema` would shadow BaseModel.schema: such keys get a field name with an alias.
-        name = key_name if key_name not in dir(BaseModel) else f"{key_name}_section"
-        fields[name] = (s.not_yet(feature), Field(None, alias=key_name))
+        fields[field_name(key_name)] = (s.not_yet(feature), Field(None, alias=key_name))
     for spec in PLUGIN_SECTIONS:
         union = _section_union(spec, registry)
         if spec.absent_means_off:

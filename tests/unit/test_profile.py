@@ -308,7 +308,7 @@ def test_known_but_unbuilt_components_are_not_implemented_yet(tmp_path: Path) ->
         ("exactly_once:\n  enabled: true\n", "not implemented yet: exactly_once "),
         ("backpressure:\n  strategy: weighted_fair\n", "not implemented yet: backpressure.strategy: weighted_fair"),
         ("parallel:\n  transaction_parallelism: 8\n", "not implemented yet: parallel.transaction_parallelism "),
-        ("dlq:\n  enabled: false\nsnapshot:\n  enabled: true\n", "not implemented yet: snapshot "),
+        ("dlq:\n  enabled: false\nsnapshot:\n  enabled: true\n  interval: 1h\n", "not implemented yet: snapshot.interval "),
         ("ha:\n  enabled: true\n", "not implemented yet: ha "),
     ],
 )
