@@ -26,6 +26,9 @@ from savegress_gw.checkpoint import CheckpointStore
 from savegress_gw.components import Backpressure, Batch, Context, Source, SourceBatch
 from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from savegress_gw.exactly_once.checkpoints import checkpoint_topic
+from savegress_gw.exactly_once.frames import Marker, encode_sequenced
+from savegress_gw.exactly_once.setup import source_resume
 from savegress_gw.filters import TableFilter, priority_classes
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
@@ -53,6 +56,13 @@ class _Frame:
     events: int
     read: _ReadBatch | None
     """None for frames recovered from a previous run's spill: delivered, but nothing to commit."""
+    holds: int = -1
+    """How much of ``read.remaining`` the frame holds until acknowledged: its events, plus one for
+    an exactly-once marker (so a read batch commits only once every worker committed its marker)."""
+
+    def __post_init__(self) -> None:
+        if self.holds < 0:
+            self.holds = self.events
 
 
 @dataclass
@@ -86,6 +96,9 @@ class Router:
         # in the priority queues, where the next frames out can be chosen.
         self.dispatch_limit = self.capacity * profile.backpressure.high_watermark if self.priorities else None
         self.source_name = profile.source.type
+        self.sequenced = profile.exactly_once.enabled
+        self.ordinal = 0
+        """Exactly-once: the ordinal of the last event read (see :mod:`savegress_gw.exactly_once.frames`)."""
         self.reads: deque[_ReadBatch] = deque()
         self.inflight = 0
         self.staged = 0
@@ -116,7 +129,7 @@ class Router:
             while acked > 0 and lane.sent:
                 frame = lane.sent.popleft()
                 if frame.read is not None:
-                    frame.read.remaining -= frame.events
+                    frame.read.remaining -= frame.holds
                 self.inflight -= frame.events
                 lane.baseline += 1
                 acked -= 1
@@ -185,6 +198,9 @@ class Router:
             self.metrics.inc("events_dropped_total", len(read_batch), label="drop_newest")
             read.dropped = len(read_batch)
             return
+        if self.sequenced:
+            self._route_sequenced(read_batch, read)
+            return
         batch = self._encoded(read_batch)
         if not batch:
             return
@@ -194,6 +210,40 @@ class Router:
                 for payload, events in self._frames(part, lane.ring.capacity // 4):
                     read.remaining += events
                     self._stage(index, _Frame(payload, events, read), klass)
+
+    def _route_sequenced(self, read_batch: SourceBatch, read: _ReadBatch) -> None:
+        """Exactly-once: number the events and end the read batch with a marker in every lane."""
+        batch = self._encoded(read_batch)
+        if batch:
+            self.metrics.inc("events_received_total", len(batch))
+        first = self.ordinal + 1
+        self.ordinal += len(batch)
+        marker = Marker(self.ordinal, read_batch.position)
+        for index, indices in enumerate(self._lane_indices(batch)):
+            part = batch if len(indices) == len(batch) else batch.take(indices)
+            ordinals = [first + i for i in indices]
+            for payload, events, holds in self._sequenced_frames(part, ordinals, marker,
+                                                                self.lanes[index].ring.capacity // 4):
+                read.remaining += holds
+                self._stage(index, _Frame(payload, events, read, holds))
+
+    def _sequenced_frames(self, batch: Batch, ordinals: list[int], marker: Marker | None,
+                          limit: int) -> list[tuple[bytes, int, int]]:
+        """``(payload, events, holds)`` of frames of at most ``limit`` bytes; the marker goes on the last."""
+        payload = encode_sequenced(batch, ordinals, marker)
+        if len(payload) > limit and len(batch) > 1:
+            half = len(batch) // 2
+            return (self._sequenced_frames(batch.slice(0, half), ordinals[:half], None, limit)
+                    + self._sequenced_frames(batch.slice(half, len(batch)), ordinals[half:], marker, limit))
+        if len(payload) > limit:
+            self.metrics.inc("events_dropped_total", label="rejected")
+            self.log.error("event larger than a quarter of the worker ring dropped; raise gateway.ring_size",
+                           event_id=batch.ids[0], bytes=len(payload), limit=limit)
+            if marker is None:
+                return []
+            batch, ordinals = Batch.empty(), []
+            payload = encode_sequenced(batch, ordinals, marker)
+        return [(payload, len(batch), len(batch) + (marker is not None))]
 
     def _by_priority(self, batch: Batch) -> list[tuple[int, Batch]]:
         """``batch`` split by priority class of its tables (one NORMAL part without priorities)."""
@@ -286,11 +336,17 @@ class Router:
     def _split(self, batch: Batch) -> list[Batch]:
         if len(self.lanes) == 1:
             return [batch]
+        return [batch.take(idx) if len(idx) != len(batch) else batch for idx in self._lane_indices(batch)]
+
+    def _lane_indices(self, batch: Batch) -> list[list[int]]:
+        """For each worker, the indices of ``batch``'s events it gets (by key: lane, then worker)."""
         workers, lanes = len(self.lanes), self.lane_count
+        if workers == 1:
+            return [list(range(len(batch)))]
         indices: list[list[int]] = [[] for _ in range(workers)]
         for i, key in enumerate(batch.keys):
             indices[zlib.crc32(key.encode()) % lanes % workers].append(i)
-        return [batch.take(idx) if len(idx) != len(batch) else batch for idx in indices]
+        return indices
 
     def _flush_staged(self) -> None:
         limit = self.dispatch_limit
@@ -313,7 +369,7 @@ class Router:
             while lane.staged and self.utilization > 1.0:
                 frame = lane.staged.pop_least_important()
                 if frame.read is not None:
-                    frame.read.remaining -= frame.events
+                    frame.read.remaining -= frame.holds
                     frame.read.dropped += frame.events
                 self.staged -= frame.events
                 self.metrics.inc("events_dropped_total", frame.events, label="drop_oldest")
@@ -361,7 +417,12 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     backpressure = instantiate("backpressure", profile, registry)
     checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type,
                                  resumable=source.resumable)
-    position = checkpoint.load()
+    ordinal = 0
+    if profile.exactly_once.enabled:  # the checkpoint topic, not the file, says what is in Kafka
+        position, ordinal = source_resume(profile, log)
+        where = f"checkpoint topic {checkpoint_topic(profile.gateway.id)}"
+    else:
+        position, where = checkpoint.load(), str(checkpoint.path)
 
     def context(kind: str) -> Context:
         return Context(process="source", worker_index=-1, log=log.bind(component=kind), profile=profile,
@@ -372,10 +433,12 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
         open_component(backpressure, context("backpressure"))
     if position is not None:
         source.seek(position)
-        log.info("resuming from checkpoint", position=position, file=str(checkpoint.path))
+        log.info("resuming from checkpoint", position=position, checkpoint=where)
     # Frames an earlier source process wrote are still delivered by the workers, but not ours to count.
     lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
-    return Router(runtime, source, backpressure, checkpoint, lanes, log, _spill(profile, backpressure, log))
+    router = Router(runtime, source, backpressure, checkpoint, lanes, log, _spill(profile, backpressure, log))
+    router.ordinal = ordinal
+    return router
 
 
 def _spill(profile: Any, backpressure: Backpressure | None, log: Any) -> SpillQueue | None:

@@ -22,6 +22,8 @@ from savegress_gw.components import Compressor, Context, DeadLetterQueue
 from savegress_gw.compressing import MeteredCompressor
 from savegress_gw.deadletter.holds import KeyedQueue, KeyHolds
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, GatewayError
+from savegress_gw.exactly_once.loop import TransactionalPipeline
+from savegress_gw.exactly_once.setup import build_pipeline
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
 from savegress_gw.ring import Ring
@@ -46,7 +48,10 @@ def main(args: ChildArgs) -> None:
     try:
         runtime = boot_child(args, name, args.index + 1)
         log = configure_logging(runtime.profile.logging, name)
-        pipeline, components = _build(runtime, log)
+        if runtime.profile.exactly_once.enabled:
+            pipeline, components = _build_transactional(runtime, log), []
+        else:
+            pipeline, components = _build(runtime, log)
     except Exception as exc:
         report_boot_error(args, name, exc)
         sys.exit(EXIT_WORKER_BOOT_ERROR)
@@ -66,6 +71,13 @@ def main(args: ChildArgs) -> None:
             component.close()
         pipeline.ring.close()
     sys.exit(code)
+
+
+def _build_transactional(runtime: ChildRuntime, log: Any) -> TransactionalPipeline:
+    """The exactly-once pipeline: a transactional producer instead of the sink component."""
+    ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
+    return build_pipeline(runtime.profile, runtime.args.index, ring, runtime.metrics,
+                          log.bind(component="exactly-once"))
 
 
 def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
@@ -119,7 +131,7 @@ def _event_deadline(runtime: ChildRuntime) -> float | None:
     return strategy.event_deadline() if strategy is not None else None
 
 
-def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: StopRequest) -> None:
+def _run(runtime: ChildRuntime, pipeline: Pipeline | TransactionalPipeline, stop: StopRequest) -> None:
     graceful = runtime.profile.gateway.graceful_timeout
     while True:
         now = time.monotonic()
@@ -128,8 +140,7 @@ def _run(runtime: ChildRuntime, pipeline: Pipeline, stop: StopRequest) -> None:
         draining = deadline is not None
         worked = pipeline.step(now, draining=draining)
         if draining and ((runtime.args.source_done.value and pipeline.settled()) or now > deadline):
-            pipeline.sink.flush(max(0.0, deadline - now))
-            pipeline.step(time.monotonic(), draining=True)
+            pipeline.finish(max(0.0, deadline - now))
             return
         if runtime.orphaned():
             return

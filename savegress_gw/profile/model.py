@@ -17,6 +17,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, crea
 
 from savegress_gw.components import Component
 from savegress_gw.errors import ProfileError
+from savegress_gw.exactly_once.validation import exactly_once_problems
 from savegress_gw.plugins import Registry
 from savegress_gw.profile import cdc
 from savegress_gw.profile import settings as s
@@ -79,6 +80,7 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
     "retry": s.RetrySettings,
     "circuit_breaker": s.CircuitBreakerSettings,
     "replication": s.ReplicationSettings,
+    "exactly_once": s.ExactlyOnceSettings,
     "checkpoint": s.CheckpointSettings,
     "snapshot": cdc.SnapshotSettings,
     "schema": cdc.SchemaSettings,
@@ -87,7 +89,6 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
 }
 
 NOT_YET_SECTIONS = {
-    "exactly_once": "exactly-once delivery, issue 6",
     "pitr": "point-in-time recovery",
     "storage": "backup storage backends",
     "ha": "HA cluster",
@@ -236,7 +237,7 @@ def _cross_checks(profile: ProfileBase, registry: Registry) -> list[str]:
             section = profile.section_of(spec.kind)
             config = cls.Config.model_validate({f: getattr(section, f) for f in cls.Config.model_fields})
             problems.extend(cls.check_profile(config, profile))
-    return problems
+    return problems + exactly_once_problems(profile, registry)
 
 
 def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, problems: list[str],

@@ -211,6 +211,21 @@ class ReplicationSettings(Section):
     """Kafka ``min.insync.replicas`` for topics the gateway creates."""
 
 
+class ExactlyOnceSettings(Section):
+    """``exactly_once``: Kafka transactions per worker, source positions committed with the data.
+
+    An absent block, or ``enabled: false``, means at-least-once. ``spec/reference.md`` lists
+    ``enabled: true`` as the Enterprise default; here the block must say so.
+    """
+
+    enabled: bool = False
+    transaction_timeout: Duration = Field(60.0, ge=1.0, le=900.0)
+    """librdkafka ``transaction.timeout.ms``: the coordinator aborts (and fences) a transaction
+    that stays open longer; must not exceed the brokers' ``transaction.max.timeout.ms`` (15 min)."""
+    idempotent_producer: bool = True
+    """Transactions imply an idempotent producer; ``false`` is refused together with ``enabled``."""
+
+
 class CheckpointSettings(Section):
     enabled: bool = True
     type: Literal["file", "memory"] = "file"

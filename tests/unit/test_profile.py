@@ -305,7 +305,7 @@ def test_known_but_unbuilt_components_are_not_implemented_yet(tmp_path: Path) ->
     ("text", "prefix"),
     [
         ("dlq:\n  enabled: true\n  max_retries: 5\n", "not implemented yet: dlq.type: file"),
-        ("exactly_once:\n  enabled: true\n", "not implemented yet: exactly_once "),
+        ("pitr:\n  enabled: true\n", "not implemented yet: pitr "),
         ("backpressure:\n  strategy: weighted_fair\n", "not implemented yet: backpressure.strategy: weighted_fair"),
         ("parallel:\n  transaction_parallelism: 8\n", "not implemented yet: parallel.transaction_parallelism "),
         ("dlq:\n  enabled: false\nsnapshot:\n  enabled: true\n  interval: 1h\n", "not implemented yet: snapshot.interval "),
@@ -321,14 +321,14 @@ def test_not_implemented_yet_names_the_path(tmp_path: Path, text: str, prefix: s
 def test_not_implemented_problems_are_all_listed_together(tmp_path: Path) -> None:
     path = write(tmp_path, "later.yaml", """
         dlq: {enabled: true}
-        exactly_once: {enabled: true}
+        pitr: {enabled: true}
         backpressure: {strategy: weighted_fair}
         parallel: {transaction_parallelism: 8}
     """)
     found = problems(path)
     assert len(found) == 4
     assert all(p.startswith("not implemented yet: ") for p in found)
-    for key in ("dlq", "exactly_once", "backpressure.strategy", "parallel.transaction_parallelism"):
+    for key in ("dlq", "pitr", "backpressure.strategy", "parallel.transaction_parallelism"):
         assert any(p.startswith(f"not implemented yet: {key}") for p in found), key
 
 
@@ -464,7 +464,7 @@ def test_schema_has_every_section_and_a_union_over_installed_compressors() -> No
     batching = defs[schema["properties"]["batching"]["$ref"].rsplit("/", 1)[-1]]
     assert {"max_size", "max_wait", "adaptive", "mode", "interval"} <= set(batching["properties"])
     assert batching["properties"]["max_size"]["description"] == "Most events in one batch."
-    assert "not implemented yet" in schema["properties"]["exactly_once"]["description"]
+    assert "not implemented yet" in schema["properties"]["pitr"]["description"]
 
 
 def test_schema_follows_the_registry() -> None:

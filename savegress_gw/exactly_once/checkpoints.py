@@ -1,0 +1,179 @@
+"""The checkpoint topic: each worker's committed progress, written inside its transactions.
+
+One compacted topic per gateway (:func:`checkpoint_topic`), one partition, one record per
+transaction with key ``w<index>`` and a JSON :class:`WorkerCheckpoint`. Only the gateway writes
+it, always last in a transaction, so a checkpoint is visible to ``read_committed`` readers
+exactly when the records it covers are.
+
+Reading back (:func:`read_checkpoints`) follows Kafka Connect's ``KafkaBasedLog``: take the high
+watermark with a ``read_uncommitted`` consumer, then read from the beginning with a
+``read_committed`` one until its position passes that mark. A transaction still open on the
+partition (a worker that died mid-transaction) holds the reader until its replacement's
+``init_transactions`` aborts it, or until the coordinator does after ``transaction.timeout.ms``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from savegress_gw.errors import GatewayError
+from savegress_gw.kafka.errors import describe
+
+VERSION = 1
+PROGRESS_LOG_S = 5.0
+"""While reading back, how often progress is logged."""
+
+
+class CheckpointTopicError(GatewayError):
+    """The checkpoint topic could not be read, or does not fit this gateway's layout."""
+
+
+def checkpoint_topic(gateway_id: str) -> str:
+    """``savegress.checkpoints.<gateway id>``, characters Kafka does not allow replaced by ``_``."""
+    legal = "".join(c if c.isalnum() or c in "._-" else "_" for c in gateway_id)
+    return f"savegress.checkpoints.{legal}"[:249]
+
+
+def transactional_id(gateway_id: str, worker: int) -> str:
+    """The stable ``transactional.id`` of worker slot ``worker``: a replacement fences its predecessor."""
+    return f"{gateway_id}-w{worker}"
+
+
+def checkpoint_key(worker: int) -> bytes:
+    return f"w{worker}".encode()
+
+
+@dataclass(frozen=True)
+class WorkerCheckpoint:
+    """What one worker has committed.
+
+    ``ordinal``: every event routed to this worker with an ordinal up to it is in Kafka.
+    ``end``/``position``: the last read-batch marker it committed; the source may restart at
+    ``position`` numbering from ``end + 1``. ``workers``, ``lanes`` and ``source`` record the
+    layout the ordinals were routed under.
+    """
+
+    worker: int
+    workers: int
+    lanes: int
+    source: str
+    ordinal: int = 0
+    end: int = 0
+    position: Any = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self), "ts_ms": int(time.time() * 1000)})
+
+    @classmethod
+    def decode(cls, value: bytes) -> "WorkerCheckpoint":
+        data = orjson.loads(value)
+        if data.pop("v", None) != VERSION:
+            raise ValueError(f"unknown checkpoint record version in {value[:200]!r}")
+        data.pop("ts_ms", None)
+        return cls(**data)
+
+
+def read_checkpoints(conf: dict[str, Any], topic: str, timeout_s: float, log: Any) -> dict[int, WorkerCheckpoint]:
+    """The latest committed checkpoint of every worker slot in ``topic`` (empty for a new topic).
+
+    ``conf`` is the connection part of a librdkafka configuration. Raises
+    :class:`CheckpointTopicError` when the topic cannot be read up to its high watermark within
+    ``timeout_s`` (a hanging transaction) or holds a record that is not a checkpoint.
+    """
+    base = {**conf, "group.id": f"savegress-checkpoint-reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest"}
+    marks = Consumer({**base, "isolation.level": "read_uncommitted"})
+    try:
+        partitions = _partitions(marks, topic, timeout_s)
+        if partitions is None:
+            return {}
+        ends = {p: marks.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
+                for p in partitions}
+    except KafkaException as exc:
+        raise CheckpointTopicError(f"checkpoint topic {topic!r}: cannot read its end offsets: {describe(exc)}") from None
+    finally:
+        marks.close()
+    if not any(ends.values()):
+        return {}
+    reader = Consumer({**base, "isolation.level": "read_committed"})
+    try:
+        return _read_to(reader, topic, ends, timeout_s, log)
+    finally:
+        reader.close()
+
+
+def _partitions(client: Consumer, topic: str, timeout_s: float) -> list[int] | None:
+    metadata = client.list_topics(topic, timeout=timeout_s)
+    found = metadata.topics.get(topic)
+    if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return None
+    if found.error is not None:
+        raise KafkaException(found.error)
+    return sorted(found.partitions)
+
+
+def _read_to(reader: Consumer, topic: str, ends: dict[int, int], timeout_s: float,
+             log: Any) -> dict[int, WorkerCheckpoint]:
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    latest: dict[int, WorkerCheckpoint] = {}
+    started = last_log = time.monotonic()
+    while True:
+        behind = _behind(reader, topic, ends)
+        if not behind:
+            return latest
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise CheckpointTopicError(
+                f"checkpoint topic {topic!r}: could not read up to offsets {ends} within {timeout_s:g}s (still behind "
+                f"on partitions {behind}); a transaction may be hanging (see kafka-transactions.sh find-hanging)")
+        if now - last_log > PROGRESS_LOG_S:
+            log.info("waiting for open transactions on the checkpoint topic to finish", topic=topic,
+                     behind=behind, waited_s=round(now - started, 1))
+            last_log = now
+        message = reader.poll(0.2)
+        if message is None:
+            continue
+        if message.error() is not None:
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                continue
+            raise CheckpointTopicError(f"checkpoint topic {topic!r}: {describe(KafkaException(message.error()))}")
+        try:
+            checkpoint = WorkerCheckpoint.decode(message.value())
+        except (ValueError, TypeError) as exc:
+            raise CheckpointTopicError(f"checkpoint topic {topic!r} partition {message.partition()} offset "
+                                       f"{message.offset()}: not a savegress checkpoint ({exc})") from None
+        latest[checkpoint.worker] = checkpoint
+
+
+def _behind(reader: Consumer, topic: str, ends: dict[int, int]) -> list[int]:
+    """Partitions whose read position has not reached their end offset yet."""
+    positions = reader.position([TopicPartition(topic, p) for p in ends])
+    return [tp.partition for tp in positions if tp.offset < ends[tp.partition]]
+
+
+def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: int,
+                 source: str) -> tuple[Any, int]:
+    """Where the source restarts: ``(position, ordinal of the last event before it)``.
+
+    The smallest marker any worker slot committed; ``(None, 0)`` (the source's own start) when a
+    slot has committed nothing yet. Raises :class:`CheckpointTopicError` when the checkpoints were
+    written under another layout (worker count, ``parallel.table_parallelism``) or source: events
+    would then be routed to workers whose checkpoints do not cover them.
+    """
+    for checkpoint in checkpoints.values():
+        if (checkpoint.workers, checkpoint.lanes, checkpoint.source) != (workers, lanes, source):
+            raise CheckpointTopicError(
+                f"the checkpoint topic holds progress written with gateway.workers={checkpoint.workers}, "
+                f"parallel.table_parallelism={checkpoint.lanes}, source.type={checkpoint.source!r}; this profile has "
+                f"{workers}, {lanes}, {source!r}. Exactly-once cannot re-route events already numbered: run with the "
+                f"old settings until the source is drained, or delete the checkpoint topic to start over")
+    if any(slot not in checkpoints for slot in range(workers)):
+        return None, 0
+    lowest = min((checkpoints[slot] for slot in range(workers)), key=lambda c: c.end)
+    return lowest.position, lowest.end

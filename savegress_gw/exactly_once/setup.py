@@ -1,0 +1,111 @@
+"""Setting up exactly-once from a validated profile: producer settings, topics, checkpoints.
+
+The output section is the Kafka sink's (``output.*``): brokers, security, codec, ``linger_ms``,
+``batch_size``, ``max_request_size``, topics and the ``producer`` pass-through, applied as the
+sink applies them, plus ``transactional.id`` and ``transaction.timeout.ms`` (which the
+pass-through cannot override).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_topic, read_checkpoints, \
+    resume_point, transactional_id
+from savegress_gw.exactly_once.loop import TransactionalPipeline
+from savegress_gw.exactly_once.producer import TransactionalProducer
+from savegress_gw.kafka.codec import codec_settings
+from savegress_gw.kafka.connection import admin_settings, client_settings
+from savegress_gw.kafka.errors import KafkaClientError
+from savegress_gw.kafka.routing import Router
+from savegress_gw.kafka.topics import TopicOptions, create_topic
+from savegress_gw.metrics import ProcessMetrics
+from savegress_gw.ring import Ring
+
+_LABEL = "exactly-once"
+READ_MARGIN_S = 30.0
+"""Reading the checkpoint topic may wait for open transactions: up to twice the transaction timeout plus this."""
+
+
+def connection(profile: Any, process: str) -> dict[str, Any]:
+    """The connection settings (brokers, client id, SASL, TLS) of the Kafka output."""
+    output = profile.output
+    return client_settings(output.brokers, f"{profile.gateway.id}-{process}", output.sasl, output.tls)
+
+
+def producer_settings(profile: Any, worker: int) -> dict[str, Any]:
+    """librdkafka settings of worker ``worker``'s transactional producer."""
+    output, settings = profile.output, profile.exactly_once
+    conf = {
+        **connection(profile, f"worker-{worker}"),
+        "linger.ms": output.linger_ms,
+        "batch.size": output.batch_size,
+        "message.max.bytes": output.max_request_size,
+        "queue.buffering.max.messages": 1_000_000,
+        "partitioner": "murmur2_random",
+        "allow.auto.create.topics": output.topics.create,
+        **codec_settings(output.compression, output.compression_level, profile),
+        **output.producer,
+    }
+    conf.update({"transactional.id": transactional_id(profile.gateway.id, worker),
+                 "transaction.timeout.ms": int(settings.transaction_timeout * 1000)})
+    return conf
+
+
+def read_timeout(profile: Any) -> float:
+    return 2 * profile.exactly_once.transaction_timeout + READ_MARGIN_S
+
+
+def ensure_topics(profile: Any, admin: AdminClient, log: Any) -> None:
+    """Create the checkpoint topic (compacted, one partition) and the output topic when allowed."""
+    output = profile.output
+    min_isr = profile.replication.min_isr
+    isr = {"min.insync.replicas": str(min_isr)} if min_isr else {}
+    timeout = min(30.0, output.connect_timeout)
+    options = TopicOptions(partitions=1, replication_factor=output.topics.replication_factor)
+    topic = checkpoint_topic(profile.gateway.id)
+    if create_topic(admin, topic, options, {"cleanup.policy": "compact", **isr}, timeout, _LABEL):
+        log.info("created checkpoint topic", topic=topic)
+    if output.topic_template is None and output.topics.create:
+        create_topic(admin, output.topic, output.topics, isr, timeout, "kafka output")
+
+
+def source_resume(profile: Any, log: Any) -> tuple[Any, int]:
+    """For the source process: ``(position, ordinal)`` to restart from, per the checkpoint topic."""
+    checkpoints = read_checkpoints(admin_settings(connection(profile, "source")), checkpoint_topic(profile.gateway.id),
+                                   read_timeout(profile), log)
+    return resume_point(checkpoints, profile.gateway.workers, profile.parallel.table_parallelism,
+                        profile.source.type)
+
+
+def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any) -> TransactionalPipeline:
+    """Worker ``worker``'s pipeline: topics exist, its producer fenced every predecessor, and its
+    committed checkpoint is read. Raises :class:`~savegress_gw.kafka.errors.KafkaClientError` or
+    :class:`~savegress_gw.exactly_once.producer.ProducerFenced` naming what failed."""
+    conf = producer_settings(profile, worker)
+    admin = AdminClient(admin_settings(conf))
+    ensure_topics(profile, admin, log)
+    producer = TransactionalProducer(conf, profile.exactly_once.transaction_timeout, log)
+    producer.start()
+    topic = checkpoint_topic(profile.gateway.id)
+    checkpoints = read_checkpoints(admin_settings(conf), topic, read_timeout(profile), log)
+    workers, lanes, source = profile.gateway.workers, profile.parallel.table_parallelism, profile.source.type
+    resume_point(checkpoints, workers, lanes, source)  # refuses a checkpoint topic of another layout
+    mine = checkpoints.get(worker) or WorkerCheckpoint(worker, workers, lanes, source)
+    log.info("exactly-once producer ready", transactional_id=conf["transactional.id"], checkpoint_topic=topic,
+             committed_ordinal=mine.ordinal, committed_position=mine.position)
+    output = profile.output
+
+    def new_topic(name: str) -> None:
+        if output.topics.create:
+            try:
+                create_topic(admin, name, output.topics, {}, min(30.0, output.connect_timeout), "kafka output")
+            except KafkaClientError as exc:
+                log.warning(str(exc))
+
+    router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
+                    new_topic)
+    return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
+                                 profile.batching.max_wait)

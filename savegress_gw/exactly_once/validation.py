@@ -1,0 +1,56 @@
+"""Which profiles can be exactly-once: every combination that could lose, duplicate or reorder
+events behind the transaction's back is refused, each with the reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from savegress_gw.plugins import Registry
+
+_DROPPING = ("drop_oldest", "drop_newest")
+
+
+def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
+    """Problems of ``profile`` when ``exactly_once.enabled``; none when it is off."""
+    settings = profile.exactly_once
+    if not settings.enabled:
+        return []
+    problems = []
+
+    def refuse(path: str, why: str) -> None:
+        problems.append(f"{path}: {why} (exactly_once.enabled is true)")
+
+    if not settings.idempotent_producer:
+        refuse("exactly_once.idempotent_producer", "false is impossible: Kafka transactions need an idempotent producer")
+    sink = profile.selected("sink")
+    if sink != "kafka":
+        refuse("output.type", f"{sink!r} cannot take part in a Kafka transaction; exactly-once needs output.type: kafka")
+    else:
+        acks = profile.output.acks
+        if acks not in (None, "all"):
+            refuse("output.acks", f"{acks!r}: transactions write with acks=all")
+    if "ack_mode" in profile.replication.model_fields_set and profile.replication.ack_mode != "all":
+        refuse("replication.ack_mode", f"{profile.replication.ack_mode!r}: transactions write with acks=all")
+    source = profile.selected("source")
+    source_cls = registry.get("source", source) if source else None
+    if source_cls is not None and not source_cls.resumable:
+        refuse("source.type", f"{source!r} cannot replay from a position, so events in flight at a crash could "
+                              "not be re-read; use a resumable source (generator, file, postgres)")
+    strategy = profile.selected("backpressure")
+    if strategy in _DROPPING:
+        refuse("backpressure.strategy", f"{strategy!r} drops events")
+    if strategy == "buffer" or profile.buffer.policy == "buffer":
+        refuse("backpressure.strategy" if strategy == "buffer" else "buffer.overflow.policy",
+               "spilling to disk is not supported: a restart re-reads from the source's committed position "
+               "instead; use backpressure.strategy: pause")
+    if profile.buffer.policy in _DROPPING:
+        refuse("buffer.overflow.policy", f"{profile.buffer.policy!r} drops events")
+    if strategy == "weighted_fair" or profile.parallel.priority.enabled:
+        refuse("backpressure.strategy" if strategy == "weighted_fair" else "parallel.priority.enabled",
+               "priorities reorder events between read batches, and a worker's checkpoint needs its events "
+               "in read order")
+    dlq = profile.selected("dlq")
+    if dlq not in (None, "kafka"):
+        refuse("dlq.type", f"{dlq!r} cannot be written in the Kafka transaction; use dlq.type: kafka "
+                           "(the default with a Kafka output)")
+    return problems

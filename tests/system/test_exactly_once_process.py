@@ -1,0 +1,138 @@
+"""Exactly-once into Kafka under faults: SIGKILLed workers, a SIGKILLed gateway, a zombie worker,
+a restarted broker. A ``read_committed`` verifier then finds every sequence number exactly once,
+in order per key, and no transaction left hanging.
+
+The short versions run in CI; ``--soak`` runs the long one (at least 50 kills).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.gateway import Gateway, alive, wait_for
+from tests.harness.kafka import broker_pids_under
+from tests.harness.kafka import kafka_local as kl
+from tests.harness.transactions import exactly_once_profile, hanging_partitions, read_committed
+from tests.harness.verify import verify_sequences
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CHECKPOINT_PREFIX = "savegress.checkpoints."
+
+
+def committed_count(gateway: Gateway) -> float:
+    try:
+        return gateway.metric("savegress_transactions_total", 'outcome="committed"')
+    except Exception:  # not up yet, or between restarts
+        return 0.0
+
+
+def run_with_faults(workdir: Path, profile: dict[str, Any], count: int, worker_kills: int,
+                    gateway_kills: int, extra_fault: Any = None) -> tuple[int, int]:
+    """Run the gateway to the end of its ``count`` events while SIGKILLing random children and,
+    in between, the whole gateway (then starting it again). Returns (worker kills, gateway kills)."""
+    rng = random.Random(7)
+    kills = restarts = 0
+    gateway = Gateway(workdir, profile).start()
+    try:
+        gateway.wait_ready(120)
+        plan = ["worker"] * worker_kills + ["gateway"] * gateway_kills + (["extra"] if extra_fault else [])
+        rng.shuffle(plan)
+        for fault in plan:
+            before = committed_count(gateway)
+            wait_for(lambda: committed_count(gateway) >= before + 2 or gateway.process.poll() is not None, 120,
+                     "two more transactions to commit")
+            if gateway.process.poll() is not None:
+                break  # the source finished early: faults after the end prove nothing
+            if fault == "worker":
+                children = gateway.workers()
+                os.kill(rng.choice(children), signal.SIGKILL)
+                kills += 1
+            elif fault == "gateway":
+                gateway.signal_group(signal.SIGKILL)
+                gateway.wait(30)
+                restarts += 1
+                gateway = Gateway(workdir, profile).start()
+                gateway.wait_ready(120)
+            else:
+                extra_fault(gateway)
+        assert gateway.wait(600) == 0, gateway.stderr()[-5000:]
+    finally:
+        gateway.stop()
+    return kills, restarts
+
+
+def verify(config: dict[str, str], topic: str, count: int) -> None:
+    assert hanging_partitions(config, topic) == {}, "a transaction is left open on the output topic"
+    committed = read_committed(config, topic)
+    verdict = verify_sequences(committed.sequences, count)
+    print(f"exactly-once: {verdict}; order violations {len(committed.order_violations)}")
+    assert verdict.missing == [], str(verdict)
+    assert verdict.duplicates == 0, str(verdict)
+    assert committed.order_violations == [], committed.order_violations[:10]
+
+
+def test_sigkills_of_workers_and_gateway_leave_every_event_exactly_once(kafka_cluster: Any, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    soak = request.config.getoption("--soak")
+    count = 400_000 if soak else 60_000
+    topic = f"eos-{uuid.uuid4().hex[:8]}"
+    profile = exactly_once_profile(topic, kafka_cluster.bootstrap_servers, topic, count, rate=8_000)
+    kills, restarts = run_with_faults(tmp_path, profile, count, worker_kills=48 if soak else 4,
+                                      gateway_kills=4 if soak else 2)
+    print(f"faults: {kills} child SIGKILLs, {restarts} gateway SIGKILLs")
+    assert kills + restarts >= (50 if soak else 5)
+    verify(kafka_cluster.client_config(), topic, count)
+    assert hanging_partitions(kafka_cluster.client_config(), CHECKPOINT_PREFIX + topic) == {}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    directory = tmp_path_factory.mktemp("kafka3-eos")
+    cluster = kl.LocalKafkaCluster(directory, 3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(timeout=15)
+        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+
+
+def test_zombie_worker_and_broker_restart_on_three_nodes(cluster: Any, tmp_path: Path) -> None:
+    """A worker frozen past the transaction timeout is fenced when it wakes; a broker restart mid-stream."""
+    count = 60_000
+    topic = f"eos3-{uuid.uuid4().hex[:8]}"
+    profile = exactly_once_profile(topic, cluster.bootstrap_servers, topic, count, rate=6_000)
+    profile["output"]["topics"] = {"partitions": 4, "replication_factor": 3}
+    profile["replication"] = {"ack_mode": "all", "min_isr": 2}
+    profile["exactly_once"]["transaction_timeout"] = "5s"
+    profile["gateway"]["heartbeat_timeout"] = "60s"  # the supervisor must not replace the frozen worker first
+    zombies: list[int] = []
+
+    def freeze_then_restart_broker(gateway: Gateway) -> None:
+        zombie = gateway.workers()[-1]
+        os.kill(zombie, signal.SIGSTOP)
+        time.sleep(5 + 4)  # past transaction.timeout.ms and the coordinator's abort sweep
+        os.kill(zombie, signal.SIGCONT)
+        zombies.append(zombie)
+        node = cluster.node_ids[-1]
+        cluster.kill(node)
+        time.sleep(2)
+        cluster.restart(node)
+
+    run_with_faults(tmp_path, profile, count, worker_kills=1, gateway_kills=1, extra_fault=freeze_then_restart_broker)
+    assert zombies, "the zombie fault did not run"
+    log = (tmp_path / "gateway.stderr").read_text()
+    assert "transaction" in log and ("fenced" in log.lower() or "aborted" in log.lower()), \
+        "the frozen worker's transaction was neither fenced nor aborted"
+    wait_for(lambda: not alive(zombies[0]), 30, "the zombie to exit")
+    verify(cluster.client_config(), topic, count)

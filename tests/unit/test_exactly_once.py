@@ -1,0 +1,104 @@
+"""Exactly-once without a broker: which profiles are refused and why, frames, checkpoints, resume points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from plugins.backpressure import buffer, drop_newest, pause, weighted_fair
+from plugins.dlq import file as file_dlq
+from plugins.dlq import kafka as kafka_dlq
+from plugins.sinks import file as file_sink
+from plugins.sinks import kafka as kafka_sink
+from plugins.sources import generator, http
+from savegress_gw.components import Batch
+from savegress_gw.errors import ProfileError
+from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, WorkerCheckpoint, checkpoint_topic, \
+    resume_point
+from savegress_gw.exactly_once.frames import Marker, decode_sequenced, encode_sequenced
+from savegress_gw.testing import validated
+
+MODULES = (generator, http, kafka_sink, file_sink, pause, drop_newest, buffer, weighted_fair, file_dlq, kafka_dlq)
+
+
+def profile(**sections: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "source": {"type": "generator"},
+        "output": {"type": "kafka", "brokers": ["127.0.0.1:9092"], "topic": "t"},
+        "exactly_once": {"enabled": True},
+    }
+    data.update(sections)
+    return data
+
+
+def refusals(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ProfileError) as info:
+        validated(data, *MODULES)
+    return info.value.problems
+
+
+def test_a_kafka_output_with_a_resumable_source_is_accepted() -> None:
+    settings = validated(profile(replication={"ack_mode": "all", "min_isr": 2}), *MODULES).exactly_once
+    assert settings.enabled and settings.transaction_timeout == 60.0
+
+
+@pytest.mark.parametrize(("sections", "path", "why"), [
+    ({"output": {"type": "file", "path": "x.jsonl"}}, "output.type", "cannot take part in a Kafka transaction"),
+    ({"source": {"type": "http"}}, "source.type", "cannot replay from a position"),
+    ({"backpressure": {"strategy": "drop_newest"}}, "backpressure.strategy", "drops events"),
+    ({"buffer": {"overflow_policy": "drop_oldest"}}, "buffer.overflow.policy", "drops events"),
+    ({"backpressure": {"strategy": "buffer"}}, "backpressure.strategy", "spilling to disk is not supported"),
+    ({"backpressure": {"strategy": "weighted_fair"}}, "backpressure.strategy", "priorities reorder"),
+    ({"dlq": {"enabled": True, "type": "file"}}, "dlq.type", "cannot be written in the Kafka transaction"),
+    ({"replication": {"ack_mode": "leader"}}, "replication.ack_mode", "acks=all"),
+    ({"exactly_once": {"enabled": True, "idempotent_producer": False}}, "exactly_once.idempotent_producer",
+     "need an idempotent producer"),
+])
+def test_combinations_that_cannot_be_exactly_once_are_refused_with_the_reason(sections: dict[str, Any], path: str,
+                                                                               why: str) -> None:
+    found = refusals(profile(**sections))
+    assert any(p.startswith(f"{path}: ") and why in p and "exactly_once.enabled is true" in p for p in found), found
+
+
+def test_switched_off_it_refuses_nothing() -> None:
+    data = profile(exactly_once={"enabled": False}, source={"type": "http"},
+                   backpressure={"strategy": "drop_newest"})
+    assert not validated(data, *MODULES).exactly_once.enabled
+
+
+def test_sequenced_frames_round_trip_with_and_without_a_marker() -> None:
+    batch = Batch([b'{"a":1}', b'{"a":2}'], ["t:1", "t:2"], ["e1", "e2"], ["INSERT"] * 2, ["public"] * 2,
+                  ["t"] * 2, [1, 2], [10, 20])
+    frame = decode_sequenced(encode_sequenced(batch, [7, 9], Marker(12, {"lsn": "0/1", "sequence": 3})))
+    assert frame.batch.to_columns() == batch.to_columns()
+    assert frame.ordinals == [7, 9]
+    assert frame.marker == Marker(12, {"lsn": "0/1", "sequence": 3})
+    empty = decode_sequenced(encode_sequenced(Batch.empty(), [], None))
+    assert len(empty.batch) == 0 and empty.marker is None
+
+
+def test_checkpoint_records_round_trip_and_the_topic_name_is_legal() -> None:
+    checkpoint = WorkerCheckpoint(1, 2, 8, "generator", ordinal=500, end=480, position=480)
+    assert WorkerCheckpoint.decode(checkpoint.encode()) == checkpoint
+    assert checkpoint_topic("my gw/1") == "savegress.checkpoints.my_gw_1"
+    with pytest.raises(ValueError, match="version"):
+        WorkerCheckpoint.decode(b'{"v": 99}')
+
+
+def test_the_source_resumes_from_the_lowest_marker_of_all_workers() -> None:
+    checkpoints = {0: WorkerCheckpoint(0, 2, 8, "generator", 900, 900, 900),
+                   1: WorkerCheckpoint(1, 2, 8, "generator", 700, 650, 650)}
+    assert resume_point(checkpoints, 2, 8, "generator") == (650, 650)
+
+
+def test_a_worker_without_a_checkpoint_means_the_source_starts_over() -> None:
+    checkpoints = {0: WorkerCheckpoint(0, 2, 8, "generator", 900, 900, 900)}
+    assert resume_point(checkpoints, 2, 8, "generator") == (None, 0)
+    assert resume_point({}, 2, 8, "generator") == (None, 0)
+
+
+def test_checkpoints_of_another_layout_are_refused() -> None:
+    checkpoints = {0: WorkerCheckpoint(0, 4, 8, "generator", 900, 900, 900)}
+    with pytest.raises(CheckpointTopicError, match="gateway.workers=4"):
+        resume_point(checkpoints, 2, 8, "generator")
