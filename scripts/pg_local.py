@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Throwaway local PostgreSQL (Debian packages) with ``wal_level=logical``, for tests and benches.
 
-CLI (``start``/``stop``/``status`` take ``--dir``, default ``$SAVEGRESS_PG_DIR`` or ``./.postgres``)::
+CLI (``start``/``stop``/``status`` take ``--dir``, default ``$SAVEGRESS_PG_DIR`` or
+``./.postgres``)::
 
-    python scripts/pg_local.py install                 # apt-get install postgresql, if missing
+    python scripts/pg_local.py install                  # apt-get install postgresql, if missing
     python scripts/pg_local.py start --dir D [--port P] # initdb once, start, wait until ready
-    python scripts/pg_local.py status --dir D          # exit 0 if running, else 3
-    python scripts/pg_local.py stop --dir D [--mode fast|immediate|smart]
+    python scripts/pg_local.py status --dir D           # exit 0 if running, else 3
+    python scripts/pg_local.py stop --dir D [--mode fast|immediate|smart] [--remove]
 
 Python API (pytest fixtures)::
 
@@ -18,6 +19,7 @@ Python API (pytest fixtures)::
     server.add_hba("host all pwuser 127.0.0.1/32 scram-sha-256")   # prepended, then reloaded
     server.crash(); server.start()             # immediate stop (crash recovery on start)
     server.restart(); server.stop()
+    server.remove()                            # stop and delete the cluster's files
 
 Contracts:
 
@@ -25,23 +27,24 @@ Contracts:
   process. Otherwise it runs ``apt-get update`` and ``apt-get install -y postgresql`` with
   ``DEBIAN_FRONTEND=noninteractive`` (root needed).
 * The newest installed major version is used. The server refuses to run as root, so as root
-  ``initdb`` and ``postgres`` run as the OS user ``postgres``; the data directory is owned by
-  it, and the given directory and every parent get the search bit for others (pytest's
-  ``/tmp/pytest-of-root`` is 0700), nothing more.
-* Layout: ``DIR/data`` (PGDATA, ``initdb -U postgres --auth=trust -E UTF8``), ``DIR/postgres.log``
-  (server output, appended), ``DIR/pg_local.json`` (port and binaries). The unix socket lives in
-  a fresh short directory under ``/tmp`` per start (socket paths are limited to 107 bytes);
-  clients use TCP on 127.0.0.1, on a port chosen once and kept across restarts.
-* Server settings (command line, so they hold after every restart): ``wal_level=logical``,
+  ``initdb`` and ``postgres`` run as the OS user ``postgres``.
+* Layout: the cluster lives in its *home*, a fresh ``/tmp/sgpg-*`` directory owned by the server's
+  user: ``home/data`` is PGDATA (``initdb -U postgres --auth=trust -E UTF8``) and ``home`` holds
+  the unix socket (short path: sockets are limited to 107 bytes). Outside ``DIR`` because the
+  server's user must traverse every parent, and pytest resets ``/tmp/pytest-of-root`` to 0700 at
+  each session start. ``DIR`` holds ``pg_local.json`` (port, binaries, home), ``postgres.log``
+  (server output, appended) and ``data``, a link to PGDATA. ``remove`` deletes the home.
+* Clients use TCP on 127.0.0.1, on a port chosen once and kept across restarts. Server settings
+  (command line, so they hold after every restart): ``wal_level=logical``,
   ``max_replication_slots=20``, ``max_wal_senders=20``, ``fsync=off``, ``synchronous_commit=off``,
-  ``full_page_writes=off``, ``track_commit_timestamp=on``, listening on 127.0.0.1 only.
+  ``full_page_writes=off``, ``track_commit_timestamp=on``.
 * ``start`` returns when ``postmaster.pid`` reports ``ready``; on failure it stops the server
   and raises :class:`PostgresStartError` with the log tail. Through the Python API
   (``detach=False``) the kernel SIGKILLs the postmaster when the thread that started it exits
-  (start it from the main thread or a long-lived one),
-  and it is stopped at interpreter exit; the CLI starts a detached server that outlives it.
+  (start it from the main thread or a long-lived one), and it is stopped at interpreter exit;
+  the CLI starts a detached server that outlives it.
 * ``stop`` signals the postmaster (smart: SIGTERM, fast: SIGINT, immediate: SIGQUIT, PostgreSQL's
-  own shutdown modes) and waits until it has exited.
+  own shutdown modes) and waits until it has exited; ``crash`` is an immediate stop.
 
 Only the standard library is used, except ``execute``/``create_database``, which import
 ``psycopg2`` lazily.
@@ -174,14 +177,6 @@ def _os_user() -> pwd.struct_passwd | None:
         ) from exc
 
 
-def _make_traversable(path: Path) -> None:
-    """Add the search bit for others to ``path`` and all its parents (nothing else)."""
-    for directory in [path, *path.parents]:
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-
-
 def _give_to(path: Path, user: pwd.struct_passwd | None) -> None:
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -230,13 +225,12 @@ class LocalPostgres:
         start_timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
         self.directory = Path(directory).resolve()
-        self.data_dir = self.directory / "data"
         self.log_file = self.directory / "postgres.log"
         self.detach = detach
         self.start_timeout = start_timeout
         state = self._read_state()
         self.port: int = port or state.get("port") or free_port()
-        self.socket_dir: Path | None = Path(state["socket_dir"]) if state.get("socket_dir") else None
+        self.home: Path | None = Path(state["home"]) if state.get("home") else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
 
@@ -247,8 +241,13 @@ class LocalPostgres:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _write_state(self, bin_dir: Path) -> None:
-        state = {"port": self.port, "bin_dir": str(bin_dir), "socket_dir": str(self.socket_dir)}
+        state = {"port": self.port, "bin_dir": str(bin_dir), "home": str(self.home)}
         (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    @property
+    def data_dir(self) -> Path:
+        """PGDATA (``<home>/data``; ``DIR/data`` links to it)."""
+        return (self.home or self.directory) / "data"
 
     @property
     def pid(self) -> int | None:
@@ -273,15 +272,17 @@ class LocalPostgres:
             raise PostgresStartError("PostgreSQL is not installed: run scripts/pg_local.py install")
         user = _os_user()
         self.directory.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            _make_traversable(self.directory)
+        if self.home is None or not self.home.is_dir():
+            self.home = Path(tempfile.mkdtemp(prefix="sgpg-", dir="/tmp"))
+            _give_to(self.home, user)
         if not (self.data_dir / "PG_VERSION").is_file():
             self._initdb(bin_dir, user)
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="sgpg-", dir="/tmp"))
-        _give_to(self.socket_dir, user)
         self._write_state(bin_dir)
+        link = self.directory / "data"
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(self.data_dir)
         options = {**SERVER_SETTINGS, "port": str(self.port),
-                   "unix_socket_directories": str(self.socket_dir)}
+                   "unix_socket_directories": str(self.home)}
         cmd = [str(bin_dir / "postgres"), "-D", str(self.data_dir)]
         for key, value in options.items():
             cmd += ["-c", f"{key}={value}"]
@@ -291,6 +292,7 @@ class LocalPostgres:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.home,
                 start_new_session=True,
                 preexec_fn=None if self.detach else _set_pdeathsig,
                 **_run_as(user),
@@ -311,7 +313,9 @@ class LocalPostgres:
         _give_to(self.data_dir, user)
         cmd = [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **_run_as(user))
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=300, cwd=self.home, **_run_as(user)
+        )
         if proc.returncode != 0:
             raise PostgresStartError(f"initdb failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
@@ -349,9 +353,17 @@ class LocalPostgres:
                     deadline = time.monotonic() + 10
                 time.sleep(0.05)
         self._proc = None
-        if self.socket_dir is not None:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-            self.socket_dir = None
+
+    def remove(self) -> None:
+        """Stop (immediate) and delete the cluster: its home, the state file and the link. The
+        next ``start`` runs initdb again (on the same port)."""
+        self.stop("immediate")
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.home = None
+        for path in (self.directory / STATE_FILE, self.directory / "data"):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
 
     def _alive(self, pid: int) -> bool:
         if self._proc is not None and self._proc.pid == pid:
@@ -475,7 +487,10 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     server = LocalPostgres(args.dir)
     started = time.monotonic()
     server.stop(args.mode, args.timeout)
-    print(f"stopped ({args.mode}) in {time.monotonic() - started:.1f}s")
+    if args.remove:
+        server.remove()
+    print(f"stopped ({args.mode}) in {time.monotonic() - started:.1f}s"
+          + (", files removed" if args.remove else ""))
     return 0
 
 
@@ -494,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_stop.add_argument("--dir", default=_default_dir())
     p_stop.add_argument("--mode", choices=sorted(SHUTDOWN_SIGNALS), default="fast")
     p_stop.add_argument("--timeout", type=float, default=DEFAULT_STOP_TIMEOUT)
+    p_stop.add_argument("--remove", action="store_true", help="then delete the cluster's files")
     p_stop.set_defaults(func=_cmd_stop)
     p_status = sub.add_parser("status", help="exit 0 if running, else 3")
     p_status.add_argument("--dir", default=_default_dir())

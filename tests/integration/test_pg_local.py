@@ -1,8 +1,7 @@
-"""scripts/pg_local.py: a real throwaway PostgreSQL — lifecycle, crash recovery, auth, no orphans."""
+"""scripts/pg_local.py: a real throwaway PostgreSQL: lifecycle, crash recovery, auth, no orphans."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -66,17 +65,22 @@ def test_start_crash_restart_stop(tmp_path: Path) -> None:
         server.restart()
         assert server.pid not in (None, second_pid)
         assert server.execute("SELECT count(*) FROM t", dbname="app") == [(1,)]
-    finally:
         server.stop()
-    assert server.pid is None
-    assert not (tmp_path / "pg" / "data" / "postmaster.pid").exists()
+        assert server.pid is None
+        assert not (tmp_path / "pg" / "data" / "postmaster.pid").exists()
+        home = server.home
+        assert home is not None and (home / "data" / "PG_VERSION").is_file()
+    finally:
+        server.remove()
+    assert not home.exists() and not (tmp_path / "pg" / "data").is_symlink()
 
 
 def test_password_users_through_hba(postgres) -> None:
     postgres.execute("CREATE ROLE pwuser LOGIN PASSWORD 'right-pw'")
     try:
         postgres.add_hba("host all pwuser 127.0.0.1/32 scram-sha-256")
-        with pytest.raises(psycopg2.OperationalError, match='password authentication failed for user "pwuser"'):
+        failed = 'password authentication failed for user "pwuser"'
+        with pytest.raises(psycopg2.OperationalError, match=failed):
             psycopg2.connect(postgres.dsn(user="pwuser", password="wrong"))
         conn = psycopg2.connect(postgres.dsn(user="pwuser", password="right-pw"))
         conn.close()
@@ -101,21 +105,33 @@ def test_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    assert wait_gone(postmaster), "postmaster outlived its parent"
+    try:
+        assert wait_gone(postmaster), "postmaster outlived its parent"
+    finally:
+        pg_local.LocalPostgres(tmp_path / "pg").remove()
 
 
 def test_cli_start_status_stop(tmp_path: Path) -> None:
     script = [sys.executable, str(REPO / "scripts" / "pg_local.py")]
     directory = str(tmp_path / "cli")
-    started = subprocess.run([*script, "start", "--dir", directory], capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        [*script, "start", "--dir", directory], capture_output=True, text=True, timeout=120
+    )
     assert started.returncode == 0, started.stderr
     assert "dsn: host=127.0.0.1" in started.stdout
     try:
-        status = subprocess.run([*script, "status", "--dir", directory], capture_output=True, text=True)
+        status = subprocess.run(
+            [*script, "status", "--dir", directory], capture_output=True, text=True
+        )
         assert status.returncode == 0 and status.stdout.startswith("running")
     finally:
-        stopped = subprocess.run([*script, "stop", "--dir", directory], capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [*script, "stop", "--dir", directory], capture_output=True, text=True, timeout=120
+        )
     assert stopped.returncode == 0, stopped.stderr
     status = subprocess.run([*script, "status", "--dir", directory], capture_output=True, text=True)
     assert status.returncode == 3
-    assert os.listdir(tmp_path / "cli")
+    home = pg_local.LocalPostgres(directory).home
+    assert home is not None and home.is_dir()
+    removed = subprocess.run([*script, "stop", "--remove", "--dir", directory], capture_output=True)
+    assert removed.returncode == 0 and not home.exists()

@@ -1,0 +1,211 @@
+"""The snapshot reader against the session PostgreSQL: consistency with the slot's exported
+snapshot under concurrent writes, no gap to the stream, resume after a key, identical JSON."""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterator
+
+import psycopg2
+import psycopg2.extras
+import pytest
+
+from savegress_gw.postgres.connection import connect_kwargs
+from savegress_gw.postgres.pgoutput import Commit, Delete, Insert, Relation, Update, decode
+from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader, parse_copy_text
+from savegress_gw.postgres.types import RowDecoder
+from tests.integration.pg_type_cases import SETUP, expected_rows, insert_statements
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Slot:
+    """A TEMPORARY pgoutput slot whose exported snapshot stays importable until ``stream``."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg2.connect(
+            dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **connect_kwargs()
+        )
+        self.cur = self.conn.cursor()
+        self.cur.execute("CREATE_REPLICATION_SLOT snap_slot TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+        _, consistent_point, self.snapshot_name, _ = self.cur.fetchone()
+        assert self.snapshot_name
+
+    def stream(self, commits: int, timeout: float = 60.0) -> list:
+        self.cur.start_replication(
+            "snap_slot", options={"proto_version": "1", "publication_names": "snap_pub"}
+        )
+        messages: list = []
+        deadline = time.monotonic() + timeout
+        while sum(isinstance(m, Commit) for m in messages) < commits:
+            raw = self.cur.read_message()
+            if raw is None:
+                assert time.monotonic() < deadline, f"stream stalled: {messages}"
+                select.select([self.cur], [], [], 0.5)
+                continue
+            messages.append(decode(raw.payload))
+        return messages
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture()
+def db(postgres, pg_database) -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(postgres.dsn(dbname=pg_database), **connect_kwargs())
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def run(conn, *statements: str) -> None:
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def read_all(reader: SnapshotReader, table, **kwargs) -> list:
+    return [item for batch in reader.iter_table(table, **kwargs) for item in batch]
+
+
+def test_snapshot_is_the_exported_state_and_the_stream_continues_it(postgres, pg_database, db) -> None:
+    run(
+        db,
+        "CREATE TABLE acc (id int PRIMARY KEY, owner text, balance numeric(12,2), doc jsonb)",
+        "INSERT INTO acc SELECT g, 'owner ' || g, g * 1.5, jsonb_build_object('g', g)"
+        " FROM generate_series(1, 2500) g",
+        "CREATE PUBLICATION snap_pub FOR TABLE acc",
+    )
+    before = {
+        i: {"id": i, "owner": f"owner {i}", "balance": f"{i * 1.5:.2f}", "doc": {"g": i}}
+        for i in range(1, 2501)
+    }
+    slot = Slot(postgres.dsn(dbname=pg_database))
+    try:
+        reader = SnapshotReader(postgres.dsn(dbname=pg_database), slot.snapshot_name)
+        batches = reader.iter_table(("public", "acc"), batch_size=1000)
+        first = next(batches)
+        # a writer commits after the export, between the reader's batches
+        run(
+            db,
+            "UPDATE acc SET balance = -1 WHERE id % 10 = 0",
+            "DELETE FROM acc WHERE id BETWEEN 1990 AND 2010",
+            "INSERT INTO acc VALUES (9999, 'late', 0, '{}')",
+        )
+        rest = [item for batch in batches for item in batch]
+        reader.close()
+        assert [len(first)] + [len(rest)] == [1000, 1500]
+        rows = [row for row, _ in first + rest]
+        assert rows == [before[i] for i in range(1, 2501)]
+        assert [pk for _, pk in first[:3]] == [("1",), ("2",), ("3",)]
+
+        # no gap, no overlap: the snapshot plus the stream from the slot is the final table
+        state = {row["id"]: row for row in rows}
+        messages = slot.stream(commits=3)
+        (relation,) = [m for m in messages if isinstance(m, Relation)]
+        decoder = RowDecoder(relation)
+        for message in messages:
+            if isinstance(message, (Insert, Update)):
+                row = decoder.decode(message.new)[0]
+                state[row["id"]] = row
+            elif isinstance(message, Delete):
+                del state[decoder.decode_key(message.old)["id"]]
+    finally:
+        slot.close()
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as fresh:
+        final = {row["id"]: row for row, _ in read_all(fresh, ("public", "acc"))}
+    assert state == final
+    assert len(final) == 2500 - 21 + 1 and final[10]["balance"] == "-1.00"
+
+
+def test_resume_after_a_key_and_key_order(postgres, pg_database, db) -> None:
+    run(
+        db,
+        # the primary key's column order differs from the table's
+        "CREATE TABLE ev (tenant text, seq int, payload text, PRIMARY KEY (seq, tenant))",
+        "INSERT INTO ev SELECT t, s, t || s FROM unnest(array['b', 'a', 'é']) t,"
+        " generate_series(1, 40) s",
+    )
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        plan = reader.plan(("public", "ev"))
+        assert plan.key_columns == ("seq", "tenant")
+        assert [c.is_key for c in plan.relation.columns] == [True, True, False]
+        everything = read_all(reader, ("public", "ev"), batch_size=7)
+        keys = [pk for _, pk in everything]
+        assert len(keys) == 120 and keys[:3] == [("1", "a"), ("1", "b"), ("1", "é")]
+        assert [(row["seq"], row["tenant"]) for row, _ in everything] == [
+            (int(s), t) for s, t in keys
+        ]
+        resumed = read_all(reader, ("public", "ev"), after_pk=keys[49], batch_size=1000)
+        assert resumed == everything[50:]
+        assert read_all(reader, ("public", "ev"), after_pk=keys[-1]) == []
+        with pytest.raises(ValueError, match="after_pk has 1 values"):
+            read_all(reader, ("public", "ev"), after_pk=("1",))
+
+
+def test_tables_without_primary_key(postgres, pg_database, db) -> None:
+    run(
+        db,
+        "CREATE TABLE ix (code text NOT NULL, v int)",
+        "CREATE UNIQUE INDEX ix_code ON ix (code)",
+        "ALTER TABLE ix REPLICA IDENTITY USING INDEX ix_code",
+        "INSERT INTO ix SELECT 'k' || lpad(g::text, 3, '0'), g FROM generate_series(1, 30) g",
+        "CREATE TABLE heap (v int, g int GENERATED ALWAYS AS (v * 2) STORED)",
+        "INSERT INTO heap (v) SELECT generate_series(1, 25)",
+        "ALTER TABLE heap REPLICA IDENTITY FULL",
+    )
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        ix = read_all(reader, ("public", "ix"), after_pk=("k010",), batch_size=4)
+        assert [row["v"] for row, _ in ix] == list(range(11, 31))
+        assert reader.relation(("public", "ix")).replica_identity == "i"
+        batches = list(reader.iter_table(("public", "heap"), batch_size=10))
+        assert [len(batch) for batch in batches] == [10, 10, 5]
+        # generated columns are not replicated by pgoutput, so not read either
+        assert sorted(row["v"] for batch in batches for row, pk in batch if pk == ()) == list(
+            range(1, 26)
+        )
+        assert [c.name for c in reader.relation(("public", "heap")).columns] == ["v"]
+        assert all(c.is_key for c in reader.relation(("public", "heap")).columns)  # FULL
+        with pytest.raises(ValueError, match="cannot be resumed"):
+            read_all(reader, ("public", "heap"), after_pk=("1",))
+        with pytest.raises(SnapshotError, match="public.nope does not exist"):
+            reader.plan(("public", "nope"))
+
+
+def test_snapshot_values_are_the_streamed_json(postgres, pg_database, db) -> None:
+    run(db, *SETUP, *insert_statements())
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        rows = [row for row, _ in read_all(reader, ("public", "types"))]
+        types = reader.plan(("public", "types")).decoder
+    assert rows == expected_rows()
+    # columns carry the declared type (the domain's own OID), as in the stream's Relation
+    with psycopg2.connect(postgres.dsn(dbname=pg_database)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 'posint'::regtype::oid")
+        (domain_oid,) = cur.fetchone()
+    assert next(c for c in types.relation.columns if c.name == "dm").type_oid == domain_oid
+
+
+def test_escaped_text_round_trips(postgres, pg_database, db) -> None:
+    tricky = "tab\there\nnew\\line\r\b\f\v \\N end ü"
+    run(db, "CREATE TABLE s (id int PRIMARY KEY, v text, w text)")
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO s VALUES (1, %s, NULL), (2, '\\N', '')", (tricky,))
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        rows = [row for row, _ in read_all(reader, ("public", "s"))]
+    assert rows == [{"id": 1, "v": tricky, "w": None}, {"id": 2, "v": "\\N", "w": ""}]
+    assert parse_copy_text("a\\tb\t\\N\t\n\\\\N\tx\n") == [["a\tb", None, ""], ["\\N", "x"]]
+
+
+def test_an_unknown_or_expired_snapshot_is_a_clear_error(postgres, pg_database) -> None:
+    with pytest.raises(SnapshotError, match="cannot import snapshot '00000003-0000FFFF-1'.*invalid"):
+        SnapshotReader(postgres.dsn(dbname=pg_database), "00000003-0000FFFF-1")
+    slot = Slot(postgres.dsn(dbname=pg_database))
+    name = slot.snapshot_name
+    slot.cur.execute("IDENTIFY_SYSTEM")  # any command on the exporter ends the snapshot
+    slot.cur.fetchall()
+    try:
+        with pytest.raises(SnapshotError, match="must stay open and idle"):
+            SnapshotReader(postgres.dsn(dbname=pg_database), name)
+    finally:
+        slot.close()
