@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from plugins.backpressure import buffer, drop_newest, pause, weighted_fair
-from plugins.dlq import file as file_dlq
-from plugins.dlq import kafka as kafka_dlq
-from plugins.sinks import file as file_sink
-from plugins.sinks import kafka as kafka_sink
-from plugins.sources import generator, http
+from savegress_gw_plugins.backpressure import buffer, drop_newest, pause, weighted_fair
+from savegress_gw_plugins.dlq import file as file_dlq
+from savegress_gw_plugins.dlq import kafka as kafka_dlq
+from savegress_gw_plugins.sinks import file as file_sink
+from savegress_gw_plugins.sinks import kafka as kafka_sink
+from savegress_gw_plugins.sources import generator, http
 from savegress_gw.components import Batch
 from savegress_gw.errors import ProfileError
 from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, WorkerCheckpoint, checkpoint_topic, \

@@ -1,0 +1,82 @@
+"""The exactly-once building blocks against a real broker: fencing, checkpoints read back, aborts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import structlog
+from confluent_kafka.admin import AdminClient
+
+from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key, read_checkpoints
+from savegress_gw.exactly_once.producer import ProducerFenced, TransactionAborted, TransactionalProducer
+from savegress_gw.kafka.topics import TopicOptions, create_topic
+from tests.harness.transactions import read_committed
+
+pytestmark = [pytest.mark.kafka]
+LOG = structlog.get_logger()
+
+
+def producer(cluster: Any, transactional_id: str) -> TransactionalProducer:
+    conf = {**cluster.client_config(), "transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
+    made = TransactionalProducer(conf, 10.0, LOG)
+    made.start()
+    return made
+
+
+def topic_of(cluster: Any, name: str, compact: bool = False) -> str:
+    settings = {"cleanup.policy": "compact"} if compact else {}
+    create_topic(AdminClient(cluster.client_config()), name, TopicOptions(partitions=1), settings, 30, "test")
+    return name
+
+
+def record(seq: int) -> bytes:
+    return b'{"after": {"seq": %d}}' % seq
+
+
+def test_a_replaced_producer_is_fenced_and_its_open_transaction_never_becomes_visible(kafka_cluster: Any) -> None:
+    topic = topic_of(kafka_cluster, f"eos-fence-{uuid.uuid4().hex[:8]}")
+    tid = f"fence-{uuid.uuid4().hex[:8]}"
+    zombie = producer(kafka_cluster, tid)
+    zombie.begin()
+    zombie.produce(topic, record(1), b"k", None)
+    zombie.poll(1.0)
+    successor = producer(kafka_cluster, tid)  # init_transactions fences the zombie and aborts its transaction
+    successor.begin()
+    successor.produce(topic, record(2), b"k", None)
+    successor.commit()
+    with pytest.raises(ProducerFenced):
+        zombie.commit()
+    assert read_committed(kafka_cluster.client_config(), topic).sequences == [2]
+
+
+def test_an_aborted_transaction_is_invisible_and_the_producer_goes_on(kafka_cluster: Any) -> None:
+    topic = topic_of(kafka_cluster, f"eos-abort-{uuid.uuid4().hex[:8]}")
+    writer = producer(kafka_cluster, f"abort-{uuid.uuid4().hex[:8]}")
+    writer.begin()
+    writer.produce(topic, record(1), b"k", None)
+    with pytest.raises(TransactionAborted, match="on purpose"):
+        writer.abort("on purpose")
+    writer.begin()
+    writer.produce(topic, record(2), b"k", None)
+    writer.commit()
+    assert read_committed(kafka_cluster.client_config(), topic).sequences == [2]
+
+
+def test_checkpoints_read_back_are_the_latest_committed_per_worker(kafka_cluster: Any) -> None:
+    topic = topic_of(kafka_cluster, f"eos-ckpt-{uuid.uuid4().hex[:8]}", compact=True)
+    assert read_checkpoints(kafka_cluster.client_config(), f"missing-{uuid.uuid4().hex[:6]}", 30, LOG) == {}
+    writer = producer(kafka_cluster, f"ckpt-{uuid.uuid4().hex[:8]}")
+    for worker, ordinal in ((0, 10), (1, 20), (0, 30)):
+        writer.begin()
+        checkpoint = WorkerCheckpoint(worker, 2, 8, "generator", ordinal, ordinal, ordinal)
+        writer.produce(topic, checkpoint.encode(), checkpoint_key(worker), None, partition=0)
+        writer.commit()
+    writer.begin()
+    aborted = WorkerCheckpoint(1, 2, 8, "generator", 99, 99, 99)
+    writer.produce(topic, aborted.encode(), checkpoint_key(1), None, partition=0)
+    with pytest.raises(TransactionAborted):
+        writer.abort("never committed")
+    found = read_checkpoints(kafka_cluster.client_config(), topic, 30, LOG)
+    assert {worker: c.ordinal for worker, c in found.items()} == {0: 30, 1: 20}
