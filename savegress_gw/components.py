@@ -224,6 +224,10 @@ class Source(Component):
 
     resumable: ClassVar[bool] = False
     """True when :meth:`seek` works, so the core checkpoints this source's positions."""
+    replays_in_order: ClassVar[bool] = False
+    """True when ``seek(position)`` reads again exactly the events that followed ``position``, in the
+    same order (a file, a WAL, a seeded generator). Exactly-once numbers events in read order and
+    needs it; a source merging several streams (Kafka partitions) does not have it."""
 
     def seek(self, position: Any) -> None:
         """Continue after ``position`` (a value ``read`` returned earlier, from the checkpoint).

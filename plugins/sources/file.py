@@ -36,6 +36,7 @@ class FileSource(Source):
 
     name = "file"
     resumable = True
+    replays_in_order = True
     trusted = True  # every line is normalized in read(), where its line number is known
 
     class Config(ComponentConfig):

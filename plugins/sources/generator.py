@@ -50,6 +50,7 @@ class GeneratorSource(Source):
 
     name = "generator"
     resumable = True
+    replays_in_order = True
     trusted: ClassVar[bool] = True
 
     class Config(ComponentConfig):

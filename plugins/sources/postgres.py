@@ -86,6 +86,7 @@ class PostgresSource(Source):
 
     name = "postgres"
     resumable = True
+    replays_in_order = True
     trusted = True
 
     class Config(ComponentConfig):

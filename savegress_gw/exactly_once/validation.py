@@ -33,9 +33,10 @@ def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
         refuse("replication.ack_mode", f"{profile.replication.ack_mode!r}: transactions write with acks=all")
     source = profile.selected("source")
     source_cls = registry.get("source", source) if source else None
-    if source_cls is not None and not source_cls.resumable:
-        refuse("source.type", f"{source!r} cannot replay from a position, so events in flight at a crash could "
-                              "not be re-read; use a resumable source (generator, file, postgres)")
+    if source_cls is not None and not (source_cls.resumable and source_cls.replays_in_order):
+        refuse("source.type", f"{source!r} cannot replay the same events in the same order from a position, "
+                              "which exactly-once needs to recognise what Kafka already has; use a source that "
+                              "can (generator, file, postgres)")
     strategy = profile.selected("backpressure")
     if strategy in _DROPPING:
         refuse("backpressure.strategy", f"{strategy!r} drops events")

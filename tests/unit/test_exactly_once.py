@@ -45,7 +45,7 @@ def test_a_kafka_output_with_a_resumable_source_is_accepted() -> None:
 
 @pytest.mark.parametrize(("sections", "path", "why"), [
     ({"output": {"type": "file", "path": "x.jsonl"}}, "output.type", "cannot take part in a Kafka transaction"),
-    ({"source": {"type": "http"}}, "source.type", "cannot replay from a position"),
+    ({"source": {"type": "http"}}, "source.type", "cannot replay the same events in the same order"),
     ({"backpressure": {"strategy": "drop_newest"}}, "backpressure.strategy", "drops events"),
     ({"buffer": {"overflow_policy": "drop_oldest"}}, "buffer.overflow.policy", "drops events"),
     ({"backpressure": {"strategy": "buffer"}}, "backpressure.strategy", "spilling to disk is not supported"),
