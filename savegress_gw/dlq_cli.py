@@ -1,10 +1,12 @@
 """``savegress-gw dlq list | show ID | replay [--id ID ...] | purge --older-than 7d``.
 
-Works on the file dead-letter queue (``dlq.type: file``); the directory comes from the profile
-(``-c FILE``, its ``dlq.base_dir``) or from ``--dir DIR``. ``replay`` runs the gateway of the
-profile with its source replaced by ``dlq_replay`` (see :func:`replay_profile`): replayed events
-are removed from the queue once delivered, and events that fail again are parked again as new
-entries. ``cli.py`` registers the group with :func:`add_dlq_commands` and :func:`run_dlq_command`.
+Works on the profile's dead-letter queue (``-c FILE``): the file queue's directory
+(``dlq.base_dir``, or ``--dir DIR`` without a profile) or the Kafka dead-letter topic
+(``dlq.type: kafka``; :mod:`savegress_gw.deadletter.topic` says how entries are removed there).
+``replay`` runs the gateway of the profile with its source replaced by ``dlq_replay`` (see
+:func:`replay_profile`): replayed events are removed from the queue once delivered, and events
+that fail again are parked again as new entries. ``cli.py`` registers the group with
+:func:`add_dlq_commands` and :func:`run_dlq_command`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 import orjson
 
-from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetter, DeadLetterStore, parse_entry_id
-from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK
+from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetter, DeadLetterStore
+from savegress_gw.deadletter.stores import EntryStore, check_entry_id, profile_store
+from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK, GatewayError
 from savegress_gw.plugins import Registry, collect_components, get_plugin_manager
 from savegress_gw.profile import profile_schema, resolve_profile_path
 from savegress_gw.profile.loader import deep_merge, known_key_paths, load_raw
@@ -36,13 +39,13 @@ def add_dlq_commands(subparsers: Any) -> None:
     """Add the ``dlq`` command group to the top-level ``subparsers`` of ``savegress-gw``."""
     dlq = subparsers.add_parser(
         "dlq", help="list, show, replay and purge dead-lettered events",
-        description="Work on the file dead-letter queue (dlq.type: file) of a profile, or of --dir. "
-                    "Listing a Kafka dead-letter topic is not built yet.")
+        description="Work on the dead-letter queue of a profile (-c): a file queue's directory (or --dir) or a "
+                    "Kafka dead-letter topic (dlq.type: kafka).")
     actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
 
     def located(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
-                            help="profile file or bundled profile name (repeat to merge); gives dlq.base_dir")
+                            help="profile file or bundled profile name (repeat to merge); gives the dlq section")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override one profile key, e.g. --set dlq.base_dir=/var/lib/savegress/dlq")
         parser.add_argument("--dir", metavar="DIR", help="the dead-letter directory (instead of dlq.base_dir)")
@@ -52,7 +55,7 @@ def add_dlq_commands(subparsers: Any) -> None:
                                description="One line per parked event: id, time, table, operation, attempts, reason."))
     show = located(actions.add_parser("show", help="print one parked event as JSON",
                                       description="Every stored field of one entry, with the event itself."))
-    show.add_argument("id", help="entry id, as `dlq list` prints it (dlq-00000001:0)")
+    show.add_argument("id", help="entry id, as `dlq list` prints it (dlq-00000001:0; p0:12 on Kafka)")
     replay = located(actions.add_parser(
         "replay", help="send parked events through the profile's output again",
         description="Run the gateway of the profile (-c, required) with source dlq_replay: each event is removed "
@@ -73,7 +76,7 @@ def run_dlq_command(args: argparse.Namespace) -> int:
     try:
         if args.dlq_action == "replay":
             return _replay(args)
-        store = DeadLetterStore(_directory(args))
+        store = _store(args)
         if args.dlq_action == "list":
             return _list(store)
         if args.dlq_action == "show":
@@ -82,12 +85,15 @@ def run_dlq_command(args: argparse.Namespace) -> int:
     except DlqCommandError as exc:
         print(f"savegress-gw: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except GatewayError as exc:  # the queue cannot be read or changed (a Kafka cluster away, a refused write)
+        print(f"savegress-gw: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
-def dlq_directory(data: dict[str, Any]) -> str:
-    """``dlq.base_dir`` of the (unvalidated) profile ``data``, with the file queue's default.
+def queue_type(data: dict[str, Any]) -> str:
+    """``dlq.type`` of the (unvalidated) profile ``data``, with the default for its output.
 
-    Raises DlqCommandError when the profile has no dead-letter queue or a Kafka one.
+    Raises DlqCommandError when the profile has no dead-letter queue.
     """
     if "dlq" not in data:
         raise DlqCommandError("the profile has no dlq section, so no dead-letter queue; give --dir DIR")
@@ -96,22 +102,32 @@ def dlq_directory(data: dict[str, Any]) -> str:
         raise DlqCommandError("dlq: expected a mapping")
     if section.get("enabled") is False:
         raise DlqCommandError("the profile switches the dead-letter queue off (dlq.enabled: false); give --dir DIR")
-    kind = section.get("type", SECTION_BY_KEY["dlq"].default_for(data))
+    return str(section.get("type", SECTION_BY_KEY["dlq"].default_for(data)))
+
+
+def dlq_directory(data: dict[str, Any]) -> str:
+    """``dlq.base_dir`` of the (unvalidated) profile ``data``, with the file queue's default.
+
+    Raises DlqCommandError when the profile has no dead-letter queue or another kind.
+    """
+    kind = queue_type(data)
     if kind != QUEUE_TYPE:
-        raise DlqCommandError(f"dlq.type is {kind!r}: only the file dead-letter queue can be listed, "
-                              f"replayed or purged so far")
-    return str(section.get("base_dir", DEFAULT_BASE_DIR))
+        raise DlqCommandError(f"dlq.type is {kind!r}, not a file queue: it has no directory")
+    return str((data["dlq"] or {}).get("base_dir", DEFAULT_BASE_DIR))
 
 
 def replay_profile(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
-    """The profile data that replays the file dead-letter queue of ``data`` through its output.
+    """The profile data that replays the dead-letter queue of ``data`` through its output.
 
-    ``source`` becomes ``{type: dlq_replay, base_dir: <dlq.base_dir>, ids}``; everything else
-    stays, so failures are parked again in the same queue. ``gateway.id`` gets ``-dlq-replay``
+    ``source`` becomes ``{type: dlq_replay, base_dir: <dlq.base_dir>, ids}`` for a file queue and
+    ``{type: dlq_replay, ids}`` (the profile's own queue) for another; everything else stays, so
+    failures are parked again in the same queue. ``gateway.id`` gets ``-dlq-replay``
     appended (Kafka client ids and process titles must not clash with the running gateway) and
     ``metrics`` is switched off (its port belongs to the running gateway).
     """
-    source: dict[str, Any] = {"type": "dlq_replay", "base_dir": dlq_directory(data)}
+    source: dict[str, Any] = {"type": "dlq_replay"}
+    if queue_type(data) == QUEUE_TYPE:
+        source["base_dir"] = dlq_directory(data)
     if ids:
         source["ids"] = list(ids)
     gateway = dict(data.get("gateway") or {})
@@ -139,15 +155,21 @@ def _profile_data(args: argparse.Namespace, registry: Registry) -> dict[str, Any
     return data
 
 
-def _directory(args: argparse.Namespace) -> str:
+def _store(args: argparse.Namespace) -> EntryStore:
+    """The queue of ``--dir``, or of the profile: a file queue's directory straight from the
+    profile data, any other kind through its validated profile and plugin."""
     if args.dir:
-        return args.dir
+        return DeadLetterStore(args.dir)
     if not args.config:
         raise DlqCommandError("say which dead-letter queue: -c FILE (the profile) or --dir DIR")
-    return dlq_directory(_profile_data(args, collect_components(get_plugin_manager())))
+    registry = collect_components(get_plugin_manager())
+    data = _profile_data(args, registry)
+    if queue_type(data) == QUEUE_TYPE:
+        return DeadLetterStore(dlq_directory(data))
+    return profile_store(validate_profile(data, registry).profile, registry)
 
 
-def _list(store: DeadLetterStore) -> int:
+def _list(store: EntryStore) -> int:
     rows = [(e.id, e.last_failed_at[:19] + "Z", _table(e), e.operation, str(e.attempts), _short(e.reason))
             for e in store.entries()]
     if rows:
@@ -155,31 +177,31 @@ def _list(store: DeadLetterStore) -> int:
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} in {store.directory}")
+    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} in {store.location}")
     if store.corrupt:
         print(f"savegress-gw: skipped {store.corrupt} corrupt record(s); the log names file and offset",
               file=sys.stderr)
     return EXIT_OK
 
 
-def _show(store: DeadLetterStore, entry_id: str) -> int:
+def _show(store: EntryStore, entry_id: str) -> int:
     try:
         entry = store.get(entry_id)
     except ValueError as exc:
         print(f"savegress-gw: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyError:
-        print(f"savegress-gw: no entry {entry_id} in {store.directory} (removed, replayed or evicted?)",
+        print(f"savegress-gw: no entry {entry_id} in {store.location} (removed, replayed or evicted?)",
               file=sys.stderr)
         return EXIT_FAILURE
     print(orjson.dumps(entry.to_dict(), option=orjson.OPT_INDENT_2).decode())
     return EXIT_OK
 
 
-def _purge(store: DeadLetterStore, older_than: float) -> int:
+def _purge(store: EntryStore, older_than: float) -> int:
     removed = store.purge(older_than)
     print(f"purged {removed} entr{'y' if removed == 1 else 'ies'} older than {format_duration(older_than)} "
-          f"from {store.directory}")
+          f"from {store.location}")
     return EXIT_OK
 
 
@@ -190,15 +212,17 @@ def _replay(args: argparse.Namespace) -> int:
         raise DlqCommandError("dlq replay needs the profile (-c FILE): its output is where the events go")
     for entry_id in args.ids:
         try:
-            parse_entry_id(entry_id)
+            check_entry_id(entry_id)
         except ValueError as exc:
             raise DlqCommandError(str(exc)) from None
     pm = get_plugin_manager()
     registry = collect_components(pm)
     data = replay_profile(_profile_data(args, registry), args.ids)
-    status = run_gateway(validate_profile(data, registry), registry, pm)
-    store = DeadLetterStore(data["source"]["base_dir"])
-    print(f"replay finished (exit status {status}); {store.count()} entries left in {store.directory}")
+    validated = validate_profile(data, registry)
+    status = run_gateway(validated, registry, pm)
+    store = DeadLetterStore(data["source"]["base_dir"]) if "base_dir" in data["source"] \
+        else profile_store(validated.profile, registry)
+    print(f"replay finished (exit status {status}); {store.count()} entries left in {store.location}")
     return status
 
 

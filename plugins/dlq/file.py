@@ -6,9 +6,10 @@ max_messages: 5000000, compression: true}`` (``spec/reference.md`` 4.4 and 6.5).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import Field
+from structlog.typing import FilteringBoundLogger
 
 from savegress_gw import Batch, Component, ComponentConfig, Compressor, Context, DeadLetterQueue, hookimpl
 from savegress_gw.deadletter import DEFAULT_BASE_DIR, QUEUE_TYPE, DeadLetterStore, DeadLetterWriter
@@ -71,6 +72,10 @@ class FileDeadLetterQueue(DeadLetterQueue):
             compressed = [self._compressor.compress(p) for p in batch.payloads]
             payloads, encodings = [c.data for c in compressed], [c.encoding for c in compressed]
         self._writer.append(batch, payloads, encodings, reason, attempts, origin)
+
+    def store(self, profile: Any = None, log: FilteringBoundLogger | None = None) -> DeadLetterStore:
+        """The directory as a store, for the ``dlq`` commands and replay (the queue need not be open)."""
+        return DeadLetterStore(self.config.base_dir, log)
 
     def parked_keys(self) -> dict[str, str]:
         """Every key with a live entry → the event id of its oldest one (``dlq.preserve_order``).

@@ -33,6 +33,8 @@ from pydantic import Field, field_validator
 
 from savegress_gw import Batch, Component, ComponentConfig, Context, DeadLetterQueue, Outcome, Status, hookimpl
 from savegress_gw.deadletter import error_class
+from savegress_gw.deadletter.topic import H_ATTEMPTS, H_ERROR_CLASS, H_FIRST_FAILURE, H_LAST_FAILURE, H_ORIGIN, \
+    H_ORIGINAL_TOPIC, H_REASON, TopicStore
 from savegress_gw.envelope import now_iso
 from savegress_gw.errors import GatewayError
 from savegress_gw.kafka.codec import codec_settings
@@ -48,13 +50,6 @@ from savegress_gw.units import Duration, Size
 
 DEFAULT_TOPIC = "savegress.dlq"
 """The dead-letter topic when ``output.topic`` cannot name it (a templated or non-Kafka output)."""
-H_REASON = "savegress-dlq-reason"
-H_ERROR_CLASS = "savegress-dlq-error-class"
-H_ATTEMPTS = "savegress-dlq-attempts"
-H_FIRST_FAILURE = "savegress-dlq-first-failure"
-H_LAST_FAILURE = "savegress-dlq-last-failure"
-H_ORIGIN = "savegress-dlq-origin"
-H_ORIGINAL_TOPIC = "savegress-dlq-original-topic"
 _LABEL = "kafka dlq"
 
 
@@ -117,6 +112,10 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
     not a hard limit) and consumers fetch them (librdkafka and the Java client return a record
     larger than their fetch size). The broker's hard limit is ``socket.request.max.bytes`` (100MB
     by default), the largest request it reads.
+
+    **Reading back** (``dlq list | show | replay | purge``, ``preserve_order``): :meth:`store` gives
+    the topic as a :class:`~savegress_gw.deadletter.topic.TopicStore`, which removes entries with
+    markers in ``<topic>.removed`` and ``delete_records`` (its docstring says how).
 
     **put** produces one record per event, then waits until every delivery report arrived, at most
     ``timeout``; when one failed or the time ran out (the rest is then purged) it raises
@@ -232,6 +231,7 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             raise
         finally:
             self._opening, self._open_errors = False, []
+        self._reader = self.store(profile, self._log)
         self._log.info("kafka dead-letter topic ready", created=created, max_record_size=cfg.max_record_size)
 
     def _new_producer(self) -> Producer:
@@ -260,6 +260,21 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
 
     def close(self) -> None:
         self._producer = None  # put() waits for its own records: nothing is outstanding here
+
+    # ------------------------------------------------------------------ reading back
+
+    def store(self, profile: Any, log: Any = None) -> TopicStore:
+        """The dead-letter topic as a store, with this config and ``profile`` (the queue need not be open)."""
+        target = _target(self.config, profile)
+        if not target.brokers:
+            raise KafkaDlqError(f"{_LABEL}: no brokers: set dlq.brokers (the output is not Kafka)")
+        gateway = profile.gateway.id if profile is not None else "savegress-gw"
+        conf = client_settings(target.brokers, f"{gateway}-dlq-reader", target.sasl, target.tls)
+        return TopicStore(target.topic, conf, log, timeout_s=self.config.timeout)
+
+    def parked_keys(self) -> dict[str, str]:
+        """Every key with a live entry in the topic → the event id of its oldest one (``preserve_order``)."""
+        return self._reader.parked_keys()
 
     # ------------------------------------------------------------------ put
 

@@ -1,7 +1,8 @@
-"""The dead-letter replay source: sends events parked in a file dead-letter queue back through the pipeline.
+"""The dead-letter replay source: sends events parked in a dead-letter queue back through the pipeline.
 
-``source: {type: dlq_replay, base_dir: ./data/dlq, ids: [...], table: public.users}``; this is
-what ``savegress-gw dlq replay`` runs.
+``source: {type: dlq_replay, base_dir: ./data/dlq, ids: [...], table: public.users}`` replays a
+file queue's directory; without ``base_dir``, the profile's own dead-letter queue (``dlq``
+section, file or Kafka). This is what ``savegress-gw dlq replay`` runs.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pydantic import field_validator
 from structlog.typing import FilteringBoundLogger
 
 from savegress_gw import Component, ComponentConfig, Context, Source, SourceBatch, hookimpl
-from savegress_gw.deadletter import DEFAULT_BASE_DIR, DeadLetter, DeadLetterStore, parse_entry_id
+from savegress_gw.deadletter import DeadLetter, DeadLetterStore
+from savegress_gw.deadletter.stores import EntryStore, check_entry_id, profile_store
+from savegress_gw.plugins import collect_components, get_plugin_manager
 
 
 class DlqReplaySource(Source):
-    """Reads the entries parked in ``base_dir`` (in parking order) as the envelopes they were.
+    """Reads the parked entries (in parking order) as the envelopes they were.
 
     The entries are those present when reading starts: events parked again during the replay
     get new entries and are not read twice. ``SourceBatch.position`` is the index (over the
@@ -34,8 +37,8 @@ class DlqReplaySource(Source):
     trusted = True  # the payloads are envelopes the gateway itself normalized and encoded
 
     class Config(ComponentConfig):
-        base_dir: str = DEFAULT_BASE_DIR
-        """The file dead-letter queue directory (``dlq.base_dir``) to replay."""
+        base_dir: str | None = None
+        """A file dead-letter queue directory to replay; unset: the profile's dead-letter queue."""
         ids: list[str] = []
         """Replay only these entry ids (as ``dlq list`` shows them); empty: every entry."""
         table: str | None = None
@@ -45,7 +48,7 @@ class DlqReplaySource(Source):
         @classmethod
         def _entry_ids(cls, ids: list[str]) -> list[str]:
             for entry_id in ids:
-                parse_entry_id(entry_id)
+                check_entry_id(entry_id)
             return ids
 
     config: Config
@@ -58,8 +61,13 @@ class DlqReplaySource(Source):
         self._done = False
 
     def open(self, context: Context) -> None:
-        self._log: FilteringBoundLogger = context.log.bind(dlq=self.config.base_dir)
-        self._store = DeadLetterStore(self.config.base_dir, self._log)
+        self._log: FilteringBoundLogger = context.log
+        self._store: EntryStore
+        if self.config.base_dir is not None:
+            self._store = DeadLetterStore(self.config.base_dir, self._log.bind(dlq=self.config.base_dir))
+        else:
+            self._store = profile_store(context.profile, collect_components(get_plugin_manager()), self._log)
+        self._log = self._log.bind(dlq=self._store.location)
         self._entries = self._store.entries(self.config.ids or None)
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:

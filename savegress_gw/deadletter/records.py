@@ -120,6 +120,9 @@ class DeadLetter:
     last_failed_at: str
     origin: str
     timestamp_ms: int
+    where: dict[str, Any] = field(default_factory=dict)
+    """Where the entry is stored when the id does not say it all (Kafka: topic, partition, offset,
+    original topic); shown by ``dlq show``."""
 
     @classmethod
     def from_record(cls, entry_id: str, record: dict[str, Any]) -> "DeadLetter":
@@ -147,4 +150,4 @@ class DeadLetter:
         fields = {name: getattr(self, name) for name in (
             "id", "event_id", "key", "table", "schema", "operation", "reason", "error_class", "attempts",
             "first_failed_at", "last_failed_at", "origin", "timestamp_ms", "encoding")}
-        return fields | {"event": event}
+        return fields | self.where | {"event": event}

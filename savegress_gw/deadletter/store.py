@@ -44,6 +44,10 @@ class DeadLetterStore:
     def corrupt(self) -> int:
         return self._segments.corrupt
 
+    @property
+    def location(self) -> str:
+        return str(self.directory)
+
     def entries(self, ids: Iterable[str] | None = None) -> Iterator[DeadLetter]:
         """Live entries in parking order, as of this call (entries parked later are not included).
 

@@ -73,12 +73,21 @@ def test_list_finds_the_directory_through_the_profile(tmp_path: Path, capsys: py
 @pytest.mark.parametrize(("dlq", "output", "message"), [
     (None, "stdout", "no dlq section"),
     ({"enabled": False}, "stdout", "switches the dead-letter queue off"),
-    ({}, "kafka", "dlq.type is 'kafka'"),
 ])
-def test_profiles_without_a_file_queue_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_profiles_without_a_queue_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    dlq: dict[str, Any] | None, output: str, message: str) -> None:
     assert run_dlq_command(parse("list", "-c", profile_file(tmp_path, dlq, output))) == EXIT_CONFIG_ERROR
     assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_kafka_queue_fails_naming_the_cluster(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump({"source": {"type": "generator"},
+                                    "output": {"type": "kafka", "brokers": ["127.0.0.1:9"], "topic": "events"},
+                                    "dlq": {"type": "kafka", "timeout": "1s"}}))
+    assert run_dlq_command(parse("list", "-c", str(path))) == EXIT_FAILURE
+    assert "cannot reach 127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_a_directory_is_required(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,11 +131,11 @@ def test_purge_needs_a_valid_duration(capsys: pytest.CaptureFixture[str]) -> Non
     assert "invalid duration" in capsys.readouterr().err
 
 
-def test_help_says_the_kafka_queue_comes_later(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_names_both_backends(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse("--help")
     text = " ".join(capsys.readouterr().out.split())
-    assert "file dead-letter queue" in text and "Kafka dead-letter topic is not built yet" in text
+    assert "file queue's directory" in text and "Kafka dead-letter topic" in text
     assert all(action in text for action in ("list", "show", "replay", "purge"))
 
 
@@ -142,6 +151,8 @@ def test_replay_profile_swaps_the_source_and_keeps_the_rest() -> None:
     assert data["gateway"]["id"] == "orders"  # the input is not changed
     assert replay_profile({"dlq": None}, [])["source"] == {"type": "dlq_replay", "base_dir": "./data/dlq"}
     assert dlq_directory({"dlq": {"type": "file", "base_dir": "d"}, "output": {"type": "kafka"}}) == "d"
+    kafka = replay_profile({"output": {"type": "kafka"}, "dlq": {"topic": "x.dlq"}}, ["p0:12"])
+    assert kafka["source"] == {"type": "dlq_replay", "ids": ["p0:12"]}  # the profile's own queue
 
 
 @pytest.mark.skipif("base_dir" in DlqSection.model_fields,

@@ -1,0 +1,319 @@
+"""The Kafka dead-letter topic as a store: its records read back as entries, and removing them.
+
+**Records.** One per parked event (written by the ``kafka`` dead-letter queue plugin): the
+event's key and JSON envelope, the savegress event headers and the ``savegress-dlq-*`` headers
+below. An entry's id is ``p<partition>:<offset>``, e.g. ``p3:1042``.
+
+**Removing.** A Kafka record cannot be deleted on its own, so removal has two parts:
+
+1. a *removal marker* per entry in the companion topic ``<topic>.removed`` (one partition,
+   ``cleanup.policy=compact``, created at the first removal): key ``<partition>:<offset>``,
+   value ``{"removed_at": ..., "why": ...}``. Readers skip entries that have a marker. Markers
+   are produced idempotently with ``acks=all`` and a removal returns only once all are
+   acknowledged, so a removed entry never comes back;
+2. then, per partition, the run of removed entries at the start of the log is cut off with
+   ``AdminClient.delete_records`` (the partition's low-water mark moves to its oldest live
+   entry): the broker frees the space, and every consumer of the topic, not only this one, stops
+   seeing those records. The markers below the new low-water mark are then tombstoned, so
+   compaction drops them too. A cluster that refuses ``delete_records`` (ACLs) leaves the records
+   in place, hidden by their markers, with a warning.
+
+The topic's own ``retention.ms`` still applies: the broker may delete old entries by age before
+anyone replays or purges them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from structlog.typing import FilteringBoundLogger
+
+from savegress_gw.deadletter.records import DeadLetter
+from savegress_gw.envelope import now_iso
+from savegress_gw.errors import GatewayError
+from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP
+from savegress_gw.kafka.topics import TopicOptions, create_topic
+
+H_REASON = "savegress-dlq-reason"
+H_ERROR_CLASS = "savegress-dlq-error-class"
+H_ATTEMPTS = "savegress-dlq-attempts"
+H_FIRST_FAILURE = "savegress-dlq-first-failure"
+H_LAST_FAILURE = "savegress-dlq-last-failure"
+H_ORIGIN = "savegress-dlq-origin"
+H_ORIGINAL_TOPIC = "savegress-dlq-original-topic"
+MARKERS_SUFFIX = ".removed"
+"""The removal markers of topic ``T`` are in topic ``T.removed``."""
+_RECORD_ID = re.compile(r"p(\d+):(\d+)")
+_LABEL = "kafka dead-letter topic"
+
+
+class TopicStoreError(GatewayError):
+    """The dead-letter topic cannot be read or changed (missing topic, unreachable cluster, refused write)."""
+
+
+def record_id(partition: int, offset: int) -> str:
+    return f"p{partition}:{offset}"
+
+
+def parse_record_id(entry_id: str) -> tuple[int, int]:
+    """``(partition, offset)`` of an entry id; ValueError when it is not one."""
+    match = _RECORD_ID.fullmatch(entry_id)
+    if match is None:
+        raise ValueError(f"{entry_id!r} is not a Kafka dead-letter entry id (expected p<partition>:<offset>)")
+    return int(match[1]), int(match[2])
+
+
+class TopicStore:
+    """Reads and removes the entries of a Kafka dead-letter topic (see the module docstring).
+
+    ``conf`` is the librdkafka connection (bootstrap servers, security); each call opens and
+    closes its own clients, so a store may be used from any thread, one call at a time.
+    Records without the dead-letter headers are skipped, logged once and counted in :attr:`corrupt`.
+    """
+
+    def __init__(self, topic: str, conf: dict[str, Any], log: FilteringBoundLogger | None = None,
+                 timeout_s: float = 30.0) -> None:
+        self.topic, self.markers = topic, topic + MARKERS_SUFFIX
+        self._conf, self._timeout = dict(conf), timeout_s
+        self._log = log or structlog.get_logger().bind(dlq=topic)
+        self.corrupt = 0
+        self._reported: set[tuple[int, int]] = set()
+
+    @property
+    def location(self) -> str:
+        return f"topic {self.topic!r} on {self._conf.get('bootstrap.servers', '?')}"
+
+    # ------------------------------------------------------------------ reading
+
+    def entries(self, ids: Iterable[str] | None = None) -> Iterator[DeadLetter]:
+        """Live entries, partition by partition in offset order (each key's entries in parking
+        order), as of this call. With ``ids``: those entries; unknown or removed ones are logged
+        and skipped. Raises ValueError for a string that is not an entry id, TopicStoreError when
+        the topic cannot be read."""
+        wanted = None if ids is None else {parse_record_id(i) for i in ids}
+        removed = self._removed()
+        ranges = self._ranges()
+        if wanted is not None:
+            for partition, offset in sorted(wanted):
+                low, high = ranges.get(partition, (0, 0))
+                if (partition, offset) in removed or not low <= offset < high:
+                    self._log.warning("dead-letter entry not found (removed, replayed or purged)",
+                                      id=record_id(partition, offset))
+            ranges = {p: (low, high) for p, (low, high) in ranges.items() if any(w[0] == p for w in wanted)}
+        for partition, offset, message in self._read(self.topic, ranges):
+            if (partition, offset) in removed or (wanted is not None and (partition, offset) not in wanted):
+                continue
+            entry = self._entry(message)
+            if entry is not None:
+                yield entry
+
+    def get(self, entry_id: str) -> DeadLetter:
+        """The live entry ``entry_id``; KeyError when there is none, ValueError for a malformed id."""
+        for entry in self.entries([entry_id]):
+            return entry
+        raise KeyError(entry_id)
+
+    def count(self) -> int:
+        """Live entries right now (records between the low- and high-water marks without a marker)."""
+        removed = self._removed()
+        return sum(high - low - sum(1 for p, o in removed if p == partition and low <= o < high)
+                   for partition, (low, high) in self._ranges().items())
+
+    def parked_keys(self) -> dict[str, str]:
+        """Every key with a live entry → the event id of its oldest one."""
+        keys: dict[str, str] = {}
+        for entry in self.entries():
+            keys.setdefault(entry.key, entry.event_id)
+        return keys
+
+    # ------------------------------------------------------------------ removing
+
+    def remove(self, ids: Iterable[str], why: str = "removed") -> int:
+        """Durably remove the entries ``ids`` (unknown or already removed ones are ignored);
+        return how many were removed. Raises TopicStoreError when a marker is not acknowledged."""
+        locations = {parse_record_id(i) for i in ids}
+        if not locations:
+            return 0
+        removed = self._removed()
+        ranges = self._ranges()
+        victims = sorted((p, o) for p, o in locations - removed
+                         if ranges.get(p, (0, 0))[0] <= o < ranges.get(p, (0, 0))[1])
+        if victims:
+            self._ensure_markers_topic()
+            value = orjson.dumps({"removed_at": now_iso(), "why": why})
+            self._produce_markers([(f"{p}:{o}".encode(), value) for p, o in victims])
+        self._cut(ranges, removed | set(victims))
+        return len(victims)
+
+    def purge(self, older_than_seconds: float) -> int:
+        """Remove every entry parked more than ``older_than_seconds`` ago; return how many."""
+        cutoff = time.time_ns() // 1_000_000 - int(older_than_seconds * 1000)
+        return self.remove([e.id for e in self.entries() if e.parked_ms < cutoff], why="purged")
+
+    def _cut(self, ranges: dict[int, tuple[int, int]], removed: set[tuple[int, int]]) -> None:
+        """Move each partition's low-water mark past its leading removed entries; tombstone their markers."""
+        cuts: list[TopicPartition] = []
+        below: list[tuple[int, int]] = []
+        for partition, (low, high) in ranges.items():
+            first_live = low
+            while first_live < high and (partition, first_live) in removed:
+                first_live += 1
+            if first_live > low:
+                cuts.append(TopicPartition(self.topic, partition, first_live))
+            below.extend((p, o) for p, o in removed if p == partition and o < first_live)
+        if cuts:
+            admin = AdminClient(self._conf)
+            try:
+                futures = admin.delete_records(cuts, request_timeout=self._timeout)
+                for future in futures.values():
+                    future.result(timeout=self._timeout + 5)
+            except Exception as exc:  # no permission, or an old broker: the markers still hide them
+                self._log.warning("could not delete removed dead-letter records (they stay hidden by their "
+                                  "removal markers)", topic=self.topic, error=f"{type(exc).__name__}: {exc}")
+                return
+        if below:  # below the low-water mark now: compaction may drop their markers
+            self._produce_markers([(f"{p}:{o}".encode(), None) for p, o in below])
+
+    # ------------------------------------------------------------------ clients
+
+    def _consumer(self) -> Consumer:
+        return Consumer({**self._conf, "group.id": f"savegress-dlq-reader-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest"})
+
+    def _ranges(self, topic: str | None = None) -> dict[int, tuple[int, int]]:
+        """Partition → (low-water mark, high-water mark) of ``topic`` (default: the dead-letter topic)."""
+        topic = topic or self.topic
+        consumer = self._consumer()
+        try:
+            try:
+                metadata = consumer.list_topics(topic, timeout=self._timeout)
+            except KafkaException as exc:
+                raise TopicStoreError(f"{_LABEL}: cannot reach {self._conf.get('bootstrap.servers')}: {exc}") from None
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                if topic == self.markers:
+                    return {}
+                error = found.error.str() if found is not None and found.error is not None else "unknown topic"
+                raise TopicStoreError(f"{_LABEL}: cannot read topic {topic!r} on "
+                                      f"{self._conf.get('bootstrap.servers')}: {error}")
+            ranges = {}
+            for partition in sorted(found.partitions):
+                try:
+                    ranges[partition] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=self._timeout, cached=False)
+                except KafkaException as exc:
+                    raise TopicStoreError(f"{_LABEL}: no offsets for {topic}[{partition}]: {exc}") from None
+            return ranges
+        finally:
+            consumer.close()
+
+    def _read(self, topic: str, ranges: dict[int, tuple[int, int]]) -> Iterator[tuple[int, int, Any]]:
+        """Every record of ``topic`` within ``ranges``, partition by partition in offset order."""
+        todo = {p: r for p, r in ranges.items() if r[1] > r[0]}
+        if not todo:
+            return
+        consumer = self._consumer()
+        try:
+            for partition, (low, high) in sorted(todo.items()):
+                consumer.assign([TopicPartition(topic, partition, low)])
+                yield from self._drain(consumer, topic, partition, high)
+        finally:
+            consumer.close()
+
+    def _drain(self, consumer: Consumer, topic: str, partition: int, high: int) -> Iterator[tuple[int, int, Any]]:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            messages = consumer.consume(500, timeout=0.5)
+            if not messages and time.monotonic() > deadline:
+                raise TopicStoreError(f"{_LABEL}: reading {topic}[{partition}] up to offset {high} took longer "
+                                      f"than {self._timeout:g}s")
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        return
+                    raise TopicStoreError(f"{_LABEL}: reading {topic}[{partition}]: {error.str()}")
+                deadline = time.monotonic() + self._timeout
+                if message.offset() >= high:
+                    return
+                yield partition, message.offset(), message
+                if message.offset() >= high - 1:
+                    return
+
+    def _removed(self) -> set[tuple[int, int]]:
+        """Entries with a live removal marker."""
+        removed: set[tuple[int, int]] = set()
+        for _, _, message in self._read(self.markers, self._ranges(self.markers)):
+            try:
+                partition, offset = map(int, message.key().decode().split(":"))
+            except (AttributeError, ValueError):
+                continue  # not a marker of ours
+            if message.value() is None:
+                removed.discard((partition, offset))
+            else:
+                removed.add((partition, offset))
+        return removed
+
+    def _ensure_markers_topic(self) -> None:
+        admin = AdminClient(self._conf)
+        try:
+            create_topic(admin, self.markers, TopicOptions(partitions=1), {"cleanup.policy": "compact"},
+                         self._timeout, _LABEL)
+        except GatewayError as exc:
+            raise TopicStoreError(str(exc)) from None
+        except Exception as exc:  # KafkaClientError is a GatewayError; anything else names itself
+            raise TopicStoreError(f"{_LABEL}: could not create {self.markers!r}: {exc}") from None
+
+    def _produce_markers(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        failures: list[str] = []
+
+        def report(err: KafkaError | None, _message: Any) -> None:
+            if err is not None:
+                failures.append(f"{err.name()}: {err.str()}")
+
+        producer = Producer({**self._conf, "acks": "all", "enable.idempotence": True,
+                             "message.timeout.ms": int(self._timeout * 1000)})
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(self.markers, value, key, on_delivery=report)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        left = producer.flush(self._timeout + 5)
+        if left or failures:
+            raise TopicStoreError(f"{_LABEL}: {left + len(failures)} of {len(records)} removal markers to "
+                                  f"{self.markers!r} not acknowledged: {failures[:3] or 'timed out'}")
+
+    # ------------------------------------------------------------------ records
+
+    def _entry(self, message: Any) -> DeadLetter | None:
+        partition, offset = message.partition(), message.offset()
+        headers = {name: (value or b"").decode("utf-8", "replace") for name, value in (message.headers() or [])}
+        payload = message.value() or b""
+        try:
+            schema = orjson.loads(payload).get("schema") or ""
+            return DeadLetter(
+                record_id(partition, offset), headers[HEADER_EVENT_ID], (message.key() or b"").decode(),
+                headers[HEADER_TABLE], str(schema), headers[HEADER_OPERATION], payload, "identity",
+                headers[H_REASON], headers.get(H_ERROR_CLASS, ""), int(headers[H_ATTEMPTS]),
+                headers[H_FIRST_FAILURE], headers[H_LAST_FAILURE], headers.get(H_ORIGIN, ""),
+                int(headers[HEADER_TIMESTAMP]),
+                where={"topic": self.topic, "partition": partition, "offset": offset,
+                       "original_topic": headers.get(H_ORIGINAL_TOPIC, "")})
+        except (KeyError, ValueError, AttributeError) as exc:
+            if (partition, offset) not in self._reported:
+                self._reported.add((partition, offset))
+                self.corrupt += 1
+                self._log.error("dead-letter record without the savegress headers skipped", topic=self.topic,
+                                partition=partition, offset=offset, error=f"{type(exc).__name__}: {exc}")
+            return None
