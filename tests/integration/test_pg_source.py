@@ -1,0 +1,198 @@
+"""The PostgreSQL source end to end: a real PostgreSQL, a real gateway process, the file sink."""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from savegress_gw.postgres.pgoutput import str_to_lsn
+from tests.harness.pg_source import events, pg_profile, release, slot_row, start_streaming, wait_events
+
+BIG = "toast-" + "x" * 6000
+
+
+@pytest.fixture()
+def db(postgres, pg_database: str):
+    """A fresh database whose gateways are gone before it is dropped."""
+    yield pg_database
+    release(postgres, pg_database)
+
+
+def _sql(postgres, db):
+    return lambda statement, params=None: postgres.execute(statement, params, dbname=db)
+
+
+def test_changes_carry_rows_per_replica_identity_toast_markers_and_resume_after_a_clean_stop(
+        postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE d (id int PRIMARY KEY, name text, doc text, amount numeric(10,2), data jsonb, raw bytea,"
+        " tags text[], at timestamptz)")
+    sql("ALTER TABLE d ALTER COLUMN doc SET STORAGE EXTERNAL")
+    sql("CREATE TABLE f (id int PRIMARY KEY, name text, doc text)")
+    sql("ALTER TABLE f REPLICA IDENTITY FULL")
+    sql("ALTER TABLE f ALTER COLUMN doc SET STORAGE EXTERNAL")
+    profile = pg_profile(postgres, db, tmp_path, source={"preserve_transactions": True})
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+
+    sql("INSERT INTO d VALUES (1, 'a', %s, 12.30, '{\"k\": [1, 2]}', '\\xdeadbeef', ARRAY['p', 'q r'],"
+        " '2025-01-15 10:30:00+00')", (BIG,))
+    sql("INSERT INTO f VALUES (1, 'a', %s)", (BIG,))
+    sql("UPDATE d SET name = 'b' WHERE id = 1")  # doc is an unchanged out-of-line value
+    sql("UPDATE f SET name = 'b' WHERE id = 1")
+    sql("UPDATE d SET id = 2 WHERE id = 1")  # a key change: before carries the old key
+    sql("DELETE FROM d WHERE id = 2")
+    sql("DELETE FROM f WHERE id = 1")
+    sql("INSERT INTO d (id, name) VALUES (10, 'tx1'); INSERT INTO d (id, name) VALUES (11, 'tx2')")
+    sql("TRUNCATE d")
+    found = wait_events(tmp_path, lambda e: any(x["operation"] == "TRUNCATE" for x in e),
+                        operations=("INSERT", "UPDATE", "DELETE", "TRUNCATE", "BEGIN", "COMMIT"))
+    rows = [e for e in found if e["operation"] not in ("BEGIN", "COMMIT")]
+    assert [(e["table"], e["operation"]) for e in rows] == [
+        ("d", "INSERT"), ("f", "INSERT"), ("d", "UPDATE"), ("f", "UPDATE"), ("d", "UPDATE"), ("d", "DELETE"),
+        ("f", "DELETE"), ("d", "INSERT"), ("d", "INSERT"), ("d", "TRUNCATE")]
+    insert_d, insert_f, toast_d, toast_f, rekey, delete_d, delete_f, tx1, tx2, truncate = rows
+
+    assert insert_d["before"] is None
+    assert insert_d["after"] == {"id": 1, "name": "a", "doc": BIG, "amount": "12.30", "data": {"k": [1, 2]},
+                                 "raw": base64.b64encode(bytes.fromhex("deadbeef")).decode(), "tags": ["p", "q r"],
+                                 "at": "2025-01-15T10:30:00+00:00"}
+    assert insert_d["schema"] == "public" and insert_d["source"] == "postgres"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", insert_d["timestamp"])
+    assert re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", insert_d["position"]["lsn"]) and insert_d["position"]["sequence"] == 1
+    assert insert_d["transaction_id"].isdigit()
+    assert insert_d["metadata"]["primary_key"] == ["id"]
+
+    # DEFAULT identity: no old row, and the unchanged TOAST value is left out and listed, never null.
+    assert toast_d["before"] is None
+    assert "doc" not in toast_d["after"] and toast_d["after"]["name"] == "b"
+    assert toast_d["metadata"]["unchanged_toast"] == ["doc"]
+    # FULL identity: the whole old row, and the unchanged value copied from it.
+    assert toast_f["before"] == {"id": 1, "name": "a", "doc": BIG}
+    assert toast_f["after"] == {"id": 1, "name": "b", "doc": BIG}
+    assert "unchanged_toast" not in toast_f["metadata"]
+    assert rekey["before"] == {"id": 1} and rekey["after"]["id"] == 2
+    assert delete_d["before"] == {"id": 2} and delete_d["after"] is None
+    assert delete_f["before"] == {"id": 1, "name": "b", "doc": BIG} and delete_f["after"] is None
+    assert truncate["before"] is None and truncate["after"] is None
+
+    # preserve_transactions: the two-statement transaction is wrapped in markers with its id.
+    tx_events = [e for e in found if e["transaction_id"] == tx1["transaction_id"]]
+    assert [e["operation"] for e in tx_events] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert tx2["transaction_id"] == tx1["transaction_id"]
+    assert tx1["position"]["lsn"] == tx2["position"]["lsn"] and tx2["position"]["sequence"] == 2
+    assert len({e["id"] for e in found}) == len(found)
+
+    # A clean stop confirms everything: the next start re-sends nothing and carries on.
+    assert gateway.stop() == 0
+    assert slot_row(postgres, db, "gw_slot")[0] is False
+    sql("INSERT INTO f VALUES (2, 'after restart', 'x')")
+    start_streaming(postgres, db, tmp_path, profile)
+    again = wait_events(tmp_path, lambda e: any(x["after"] and x["after"].get("name") == "after restart" for x in e))
+    ids = [e["id"] for e in again]
+    assert len(ids) == len(set(ids)), "events were delivered twice across a clean restart"
+
+
+def test_postgres_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    import psycopg2
+
+    from tests.harness.postgres import pg_local
+
+    server = pg_local.LocalPostgres(tmp_path / "pg")
+    server.start()
+    try:
+        server.create_database("app")
+        server.execute("CREATE TABLE seqs (n int PRIMARY KEY)", dbname="app")
+        profile = pg_profile(server, "app", tmp_path / "gw")
+        (tmp_path / "gw").mkdir()
+        start_streaming(server, "app", tmp_path / "gw", profile)
+        committed: list[int] = []
+
+        def write(first: int, count: int) -> None:
+            conn = psycopg2.connect(server.dsn(dbname="app"))
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for n in range(first, first + count, 10):
+                    cur.execute("INSERT INTO seqs SELECT generate_series(%s, %s)", (n, n + 9))
+                    committed.extend(range(n, n + 10))
+            conn.close()
+
+        write(1, 1500)
+        server.crash()  # immediate shutdown: the walsender dies, the slot's position may move back
+        server.start()
+        write(1501, 1500)
+        server.restart()  # fast shutdown and start
+        write(3001, 1000)
+        # The test server runs with synchronous_commit=off: a crash may lose its last commits, so
+        # the table after recovery is the truth. Everything in it must arrive, and nothing else.
+        stored = {row[0] for row in server.execute("SELECT n FROM seqs", dbname="app")}
+        assert len(stored) >= len(committed) - 1000
+        found = wait_events(tmp_path / "gw", lambda e: {x["after"]["n"] for x in e} >= stored,
+                            timeout=180, operations=("INSERT",))
+        assert {e["after"]["n"] for e in found} == stored
+    finally:
+        server.stop(mode="immediate")
+
+
+def test_config_problems_stop_the_gateway_with_a_fix(postgres, db: str, tmp_path: Path) -> None:
+    from tests.harness.gateway import Gateway
+
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE t (id int PRIMARY KEY)")
+    postgres.execute("DROP ROLE IF EXISTS norepl")
+    postgres.execute("CREATE ROLE norepl LOGIN PASSWORD 'secret'")
+    postgres.execute("DROP ROLE IF EXISTS pwuser")
+    postgres.execute("CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right'")
+    postgres.add_hba("host all pwuser 127.0.0.1/32 scram-sha-256")
+    cases = [
+        ({"user": "pwuser", "password": "wrong"}, "rejected the password of user 'pwuser'"),
+        ({"user": "norepl", "password": "secret"}, "ALTER ROLE norepl WITH REPLICATION"),
+        ({"create_slot": False, "slot_name": "missing_slot"}, "create it with SELECT pg_create_logical_replication_slot"),
+        ({"database": "no_such_db"}, "check source.database"),
+    ]
+    for index, (source, expected) in enumerate(cases):
+        workdir = tmp_path / f"case{index}"
+        workdir.mkdir()
+        gateway = Gateway(workdir, pg_profile(postgres, db, workdir, source=source)).start()
+        assert gateway.wait(120) == 3, gateway.stderr()[-2000:]
+        assert expected in gateway.stderr(), gateway.stderr()[-2000:]
+
+
+def test_a_slot_in_use_is_reported_with_the_pid(postgres, db: str, tmp_path: Path) -> None:
+    import psycopg2
+    import psycopg2.extras
+
+    from tests.harness.gateway import Gateway
+
+    _sql(postgres, db)("CREATE TABLE t (id int PRIMARY KEY)")
+    _sql(postgres, db)("CREATE PUBLICATION busy_pub FOR ALL TABLES")
+    _sql(postgres, db)("SELECT pg_create_logical_replication_slot('busy', 'pgoutput')")
+    holder = psycopg2.connect(postgres.dsn(dbname=db),
+                              connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        cursor = holder.cursor()
+        cursor.start_replication(slot_name="busy", options={"proto_version": "1", "publication_names": "busy_pub"})
+        profile = pg_profile(postgres, db, tmp_path, slot="busy", publication="busy_pub",
+                             source={"connection_timeout": "2s"})
+        gateway = Gateway(tmp_path, profile).start()
+        assert gateway.wait(120) == 3
+        assert re.search(r"replication slot 'busy' .* is in use by PostgreSQL process \d+", gateway.stderr())
+    finally:
+        holder.close()
+
+
+def test_stopping_with_sigterm_leaves_nothing_unconfirmed(postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE t (id int PRIMARY KEY)")
+    gateway = start_streaming(postgres, db, tmp_path, pg_profile(postgres, db, tmp_path))
+    sql("INSERT INTO t SELECT generate_series(1, 500)")
+    found = wait_events(tmp_path, lambda e: len(e) >= 500)
+    commit_lsn = max(str_to_lsn(e["position"]["lsn"]) for e in found)
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(60) == 0
+    active, confirmed = slot_row(postgres, db, "gw_slot")
+    assert not active and confirmed > commit_lsn  # the transaction's end, past its commit record
+    assert len(events(tmp_path)) == 500
