@@ -3,7 +3,7 @@
 ``output: {type: kafka, brokers: [kafka1:9092], topic: cdc-events, topic_template: "cdc.${schema}.${table}",
 acks: all, compression: zstd, batch_size: 1MB, linger_ms: 5, max_request_size: 1048576, partitioner: hash,
 partition_key: "${table}", sasl: {...}, tls: {...}, topics: {create: true, partitions: 6},
-connect_timeout: 30s, producer: {...}}`` (``spec/reference.md`` 3.4 and 4.2).
+connect_timeout: 30s, startup: {wait: false, log_interval: 10s}, producer: {...}}`` (``spec/reference.md`` 3.4 and 4.2).
 
 Record format (``spec/reference.md`` 3.4): key ``table:pk`` (the batch's ``keys`` column), value the
 JSON envelope exactly as the gateway encoded it, headers ``savegress-event-id``,
@@ -15,10 +15,10 @@ broker retention never deletes a replayed old event on arrival.
 from __future__ import annotations
 
 import time
-from functools import partial
+from collections import deque
 from typing import Any, Callable, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import Field, field_validator, model_validator
 
@@ -26,8 +26,9 @@ from savegress_gw import Batch, Component, ComponentConfig, Context, Outcome, Si
 from savegress_gw.components import DeliveryCallback
 from savegress_gw.errors import GatewayError
 from savegress_gw.kafka.codec import codec_settings
-from savegress_gw.kafka.connection import Brokers, SaslOptions, TlsOptions, admin_settings, client_settings, \
-    masked, no_callbacks, wait_connected
+from savegress_gw.kafka.client_errors import ClientErrors
+from savegress_gw.kafka.connection import Brokers, BrokerWait, SaslOptions, StartupOptions, TlsOptions, \
+    admin_settings, client_settings, masked, no_callbacks, wait_connected
 from savegress_gw.kafka.delivery import BatchDelivery
 from savegress_gw.kafka.errors import KafkaClientError, describe
 from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP, \
@@ -44,6 +45,8 @@ CLOSE_FLUSH_S = 2.0
 """``close`` waits this long for outstanding deliveries, then purges the rest (reported ERRORED)."""
 FATAL_DRAIN_S = 1.0
 """After a fatal error, how long ``poll`` waits for the purged records' reports before it raises."""
+WAIT_ATTEMPT_EVERY_S = 1.0
+"""With ``startup.wait``, how often ``poll`` asks the brokers again (each attempt takes at most this long)."""
 _LABEL = "kafka output"
 
 
@@ -98,7 +101,14 @@ class KafkaSink(Sink):
 
     **Start.** ``open()`` fails within ``connect_timeout`` naming the brokers when none answers,
     at once on an authentication or TLS failure, and naming the topic when ``topics.create`` is
-    false and ``topic`` does not exist.
+    false and ``topic`` does not exist. With ``startup.wait`` an unreachable cluster does not fail
+    ``open()``: the sink holds the batches it is given (unproduced, in order; the source's buffer
+    bounds them) and ``poll`` asks the brokers again every :data:`WAIT_ATTEMPT_EVERY_S`, logging
+    ``waiting for kafka brokers`` (attempt, elapsed, brokers, last error) every
+    ``startup.log_interval``; once one answers, the topic is created or checked as in ``open()``
+    and the held batches are produced. An authentication or TLS failure, or a missing topic, then
+    makes ``poll`` raise :class:`KafkaSinkError` (the worker exits with the reason). ``close``
+    while still waiting reports the held batches ERRORED.
 
     **Fatal producer errors** (``error_cb`` with ``fatal``, e.g. an idempotence sequence the broker
     cannot accept) end the worker: the error is logged, the producer's queued and in-flight records
@@ -151,7 +161,10 @@ class KafkaSink(Sink):
         topics: TopicOptions = TopicOptions()
         """Creation of missing topics."""
         connect_timeout: Duration = Field(30.0, gt=0)
-        """``open()`` fails when no broker answered within this time (at once on an authentication failure)."""
+        """``open()`` fails when no broker answered within this time (at once on an authentication failure),
+        unless ``startup.wait``."""
+        startup: StartupOptions = StartupOptions()
+        """Brokers unreachable at start: fail after ``connect_timeout`` (default) or wait for them, with progress."""
         producer: dict[str, str | int | bool | float] = {}
         """librdkafka producer settings passed through as is, applied last: they override everything
         the sink sets (``acks``, ``enable.idempotence``, ``message.timeout.ms``, ...)."""
@@ -186,36 +199,53 @@ class KafkaSink(Sink):
         self._admin_client: AdminClient | None = None
         self.producer_config: dict[str, Any] = {}
         """The librdkafka configuration in use (set by ``open``; ``sasl.password`` masked)."""
-        self._fatal: str | None = None
-        self._purge_pending = False
+        self._errors: ClientErrors | None = None
+        self._purged = False
         self._outstanding = 0
-        self._open_errors: list[KafkaError] = []
-        self._opening = False
+        self._waiting: BrokerWait | None = None
+        self._next_attempt = 0.0
+        self._held: deque[tuple[Batch, DeliveryCallback]] = deque()
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, context: Context) -> None:
         cfg = self.config
-        self._opening, self._open_errors = True, []
         try:
             producer = self._start(context)
-            metadata = wait_connected(producer, cfg.brokers, self._open_errors, cfg.connect_timeout, _LABEL,
-                                      "connect_timeout")
-            if cfg.topic_template is None:
-                if cfg.topics.create:
-                    self._create_topic(cfg.topic, strict=True)
-                elif cfg.topic not in metadata.topics:
-                    raise KafkaSinkError(
-                        f"{_LABEL}: topic {cfg.topic!r} does not exist on {','.join(cfg.brokers)} and "
-                        f"output.topics.create is false; create it or set topics.create: true")
+            errors = self._errors
+            assert errors is not None
+            if cfg.startup.wait:
+                self._waiting = BrokerWait(producer, cfg.brokers, errors.open_errors, self._log, _LABEL,
+                                           cfg.startup.log_interval, WAIT_ATTEMPT_EVERY_S)
+                metadata = self._waiting.attempt()
+                if metadata is None:  # poll() keeps asking
+                    self._next_attempt = time.monotonic() + WAIT_ATTEMPT_EVERY_S
+                    return
+                self._waiting = None
+            else:
+                metadata = wait_connected(producer, cfg.brokers, errors.open_errors, cfg.connect_timeout, _LABEL,
+                                          "connect_timeout")
+            self._connected(metadata)
         except KafkaClientError as exc:
             self._discard()
             raise KafkaSinkError(str(exc)) from None
         except BaseException:
             self._discard()
             raise
-        finally:
-            self._opening, self._open_errors = False, []
+
+    def _connected(self, metadata: Any) -> None:
+        """A broker answered with ``metadata``: create or check ``topic``, then report errors as warnings."""
+        cfg, errors = self.config, self._errors
+        assert errors is not None
+        if cfg.topic_template is None:
+            if cfg.topics.create:
+                self._create_topic(cfg.topic, strict=True)
+            elif cfg.topic not in metadata.topics:
+                raise KafkaSinkError(
+                    f"{_LABEL}: topic {cfg.topic!r} does not exist on {','.join(cfg.brokers)} and "
+                    f"output.topics.create is false; create it or set topics.create: true")
+        errors.opening = False
+        errors.open_errors.clear()
         conf = self._config
         self._log.info("kafka producer ready", topic=cfg.topic_template or cfg.topic, acks=conf.get("acks"),
                        idempotence=conf.get("enable.idempotence"), compression=conf.get("compression.type"),
@@ -230,8 +260,11 @@ class KafkaSink(Sink):
         self._min_isr = profile.replication.min_isr if profile is not None else None
         self._config = conf = self._build_config(context)
         self.producer_config = masked(conf)
+        self._errors = errors = ClientErrors(self._limited, "kafka producer failed fatally; purging its records, "
+                                                           "the worker restarts")
+        errors.opening = True
         try:
-            self._producer = Producer({**conf, "error_cb": self._on_error, "logger": LibrdkafkaLog(self._limited)})
+            self._producer = Producer({**conf, "error_cb": errors, "logger": LibrdkafkaLog(self._limited)})
         except (KafkaException, ValueError, TypeError) as exc:
             raise KafkaSinkError(f"{_LABEL}: invalid producer configuration: {describe(exc)}") from None
         self._router = Router(cfg.topic, cfg.topic_template, cfg.partitioner, cfg.partition_key, self._producer,
@@ -293,6 +326,9 @@ class KafkaSink(Sink):
         producer = self._producer
         if producer is None:
             return
+        while self._held:
+            _, done = self._held.popleft()
+            done(Outcome(Status.ERRORED, reason=f"closed while waiting for kafka brokers {','.join(self.config.brokers)}"))
         try:
             if self._outstanding:
                 producer.flush(CLOSE_FLUSH_S)
@@ -307,6 +343,7 @@ class KafkaSink(Sink):
     def _discard(self) -> None:
         self._producer = None
         self._admin_client = None
+        self._waiting = None
 
     # ------------------------------------------------------------------ delivery
 
@@ -315,14 +352,19 @@ class KafkaSink(Sink):
         if not n:
             done(Outcome(Status.DELIVERED))
             return
-        producer = self._producer
-        assert producer is not None, "open() first"
-        if self._fatal is not None:
+        producer, errors = self._producer, self._errors
+        assert producer is not None and errors is not None, "open() first"
+        if errors.fatal is not None:
             self._serve_fatal()
-            done(Outcome(Status.ERRORED, reason=f"kafka producer failed fatally (restart the worker): {self._fatal}"))
+            done(Outcome(Status.ERRORED, reason=f"kafka producer failed fatally (restart the worker): {errors.fatal}"))
+            return
+        if self._waiting is not None:
+            self._held.append((batch, done))
             return
         self._outstanding += 1
-        delivery = BatchDelivery(n, done, ("max_request_size", self.config.max_request_size), self._finished)
+        payloads, keys = batch.payloads, batch.keys
+        delivery = BatchDelivery(n, done, ("max_request_size", self.config.max_request_size), self._finished,
+                                 keys, payloads)
         report = delivery.report
         produce = producer.produce
         routes = self._router.routes(batch, delivery) if self._router.needed else None
@@ -330,15 +372,14 @@ class KafkaSink(Sink):
         i = 0
         try:
             for i, payload, key, id_, op, table, stamp in zip(
-                    range(n), batch.payloads, batch.keys, batch.ids, batch.operations, batch.tables,
-                    batch.timestamps_ms):
+                    range(n), payloads, keys, batch.ids, batch.operations, batch.tables, batch.timestamps_ms):
                 if routes is not None:
                     route = routes[i]
                     if route is None:
                         continue  # failed while routing, already counted
                     topic, partition = route
                 try:
-                    produce(topic, payload, key, partition, on_delivery=partial(report, i),
+                    produce(topic, payload, key, partition, on_delivery=report,
                             headers=[(HEADER_EVENT_ID, id_), (HEADER_OPERATION, op), (HEADER_TABLE, table),
                                      (HEADER_TIMESTAMP, str(stamp))])
                 except BufferError:
@@ -363,8 +404,8 @@ class KafkaSink(Sink):
         while time.monotonic() < deadline:
             producer.poll(0.1)
             try:
-                producer.produce(topic, batch.payloads[i], batch.keys[i], partition,
-                                 on_delivery=partial(delivery.report, i), headers=event_headers(batch, i))
+                producer.produce(topic, batch.payloads[i], batch.keys[i], partition, on_delivery=delivery.report,
+                                 headers=event_headers(batch, i))
                 return True
             except BufferError:
                 continue
@@ -374,21 +415,49 @@ class KafkaSink(Sink):
         return False
 
     def poll(self, timeout_s: float) -> None:
-        """Serve delivery reports; after a fatal producer error, purge and raise :class:`KafkaSinkError`."""
-        producer = self._producer
-        if producer is None:
+        """Serve delivery reports; after a fatal producer error, purge and raise :class:`KafkaSinkError`.
+        While waiting for the brokers (``startup.wait``), ask them again when due."""
+        producer, errors = self._producer, self._errors
+        if producer is None or errors is None:
             return
+        if self._waiting is not None:
+            self._keep_waiting()
         producer.poll(timeout_s)
-        if self._fatal is not None:
+        if errors.fatal is not None:
             self._serve_fatal()
-            raise KafkaSinkError(f"kafka producer failed fatally, the worker must restart: {self._fatal}")
+            raise KafkaSinkError(f"kafka producer failed fatally, the worker must restart: {errors.fatal}")
+
+    def _keep_waiting(self) -> None:
+        """One more attempt to reach the brokers when due; once connected, produce the held batches."""
+        waiting = self._waiting
+        now = time.monotonic()
+        if waiting is None or now < self._next_attempt:
+            return
+        self._next_attempt = now + WAIT_ATTEMPT_EVERY_S
+        try:
+            metadata = waiting.attempt()
+            if metadata is None:
+                return
+            self._connected(metadata)
+        except KafkaClientError as exc:
+            raise KafkaSinkError(str(exc)) from None
+        self._waiting = None
+        self._log.info("kafka brokers reachable; streaming", attempts=waiting.attempts,
+                       waited_s=round(waiting.elapsed_s, 1), held_batches=len(self._held))
+        while self._held:
+            self.send(*self._held.popleft())
 
     def flush(self, timeout_s: float) -> bool:
         producer = self._producer
         if producer is None:
             return self._outstanding == 0
         deadline = time.monotonic() + timeout_s
-        producer.flush(timeout_s)
+        while self._waiting is not None and time.monotonic() < deadline:
+            self._keep_waiting()
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        if self._waiting is not None:
+            return False
+        producer.flush(max(0.0, deadline - time.monotonic()))
         while self._outstanding and time.monotonic() < deadline:  # reports that flush left queued
             producer.poll(min(0.05, max(0.0, deadline - time.monotonic())))
         producer.poll(0)
@@ -396,28 +465,13 @@ class KafkaSink(Sink):
 
     # ------------------------------------------------------------------ errors
 
-    def _on_error(self, err: KafkaError) -> None:
-        """librdkafka's error_cb (served by poll): fatal errors stop the producer, the rest are logged."""
-        if err.fatal():
-            if self._fatal is None:
-                self._fatal = f"{err.name()}: {err.str()}"
-                self._purge_pending = True
-                self._log.error("kafka producer failed fatally; purging its records, the worker restarts",
-                                code=err.name(), reason=err.str())
-        if self._opening:
-            if len(self._open_errors) < 100:
-                self._open_errors.append(err)
-        elif not err.fatal():
-            self._limited.emit("warning", ("error", err.code()), "kafka client error", code=err.name(),
-                               reason=err.str())
-
     def _serve_fatal(self) -> None:
         """Purge what a fatally failed producer still holds (once) and wait up to :data:`FATAL_DRAIN_S`
         for the reports, so every outstanding batch is reported ERRORED."""
         producer = self._producer
-        if producer is None or not self._purge_pending:
+        if producer is None or self._purged:
             return
-        self._purge_pending = False
+        self._purged = True
         producer.purge(in_queue=True, in_flight=True, blocking=False)
         deadline = time.monotonic() + FATAL_DRAIN_S
         producer.poll(0)

@@ -2,7 +2,9 @@
 and waiting for the first answer with a bounded timeout.
 
 Every Kafka component (sink, dead-letter topic, source) configures its connection with these
-types, so a profile spells brokers, ``sasl`` and ``tls`` the same way everywhere.
+types, so a profile spells brokers, ``sasl`` and ``tls`` the same way everywhere. Waiting is
+bounded (:func:`wait_connected`) or, where a profile asks for it, unbounded with progress in the
+log (:class:`BrokerWait`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from pydantic import AfterValidator, BeforeValidator, SecretStr, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
 from savegress_gw.components import ComponentConfig
 from savegress_gw.kafka.errors import KafkaClientError, describe
+from savegress_gw.units import Duration
 
 _BROKER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/,\[\]]+):(\d{1,5})$")
 _E = KafkaError
@@ -94,6 +97,17 @@ class TlsOptions(ComponentConfig):
         return self
 
 
+class StartupOptions(ComponentConfig):
+    wait: bool = False
+    """``false``: starting fails when no broker answered within ``connect_timeout``. ``true``: the
+    gateway starts anyway and waits for the brokers without a time limit, logging its progress;
+    events wait (in the buffer, under backpressure) and stream as soon as a broker answers.
+    Authentication and TLS failures end the wait at once either way."""
+    log_interval: Duration = Field(10.0, gt=0)
+    """While waiting, how often the warning ``waiting for kafka brokers`` (attempt, elapsed, brokers,
+    last error) is logged."""
+
+
 def client_settings(brokers: Sequence[str], client_id: str, sasl: SaslOptions | None,
                     tls: TlsOptions | None) -> dict[str, Any]:
     """librdkafka settings of a connection: bootstrap servers, client id, keepalive and security.
@@ -132,6 +146,14 @@ def admin_settings(conf: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in conf.items() if key.startswith(_ADMIN_PREFIXES)}
 
 
+def _fail_fast(errors: Sequence[KafkaError], joined: str, label: str) -> None:
+    """Raise :class:`KafkaClientError` for the first error no waiting can fix (authentication, TLS, fatal)."""
+    for err in errors:
+        if err.code() in OPEN_FAILS_FAST or err.fatal():
+            kind = "authentication failed" if err.code() != _E._SSL else "TLS handshake failed"
+            raise KafkaClientError(f"{label}: {kind} with brokers {joined}: {err.name()}: {err.str()}")
+
+
 def wait_connected(client: Producer, brokers: Sequence[str], errors: Sequence[KafkaError], timeout_s: float,
                    label: str, timeout_name: str) -> Any:
     """Cluster metadata from ``client`` as soon as a broker answers.
@@ -146,10 +168,7 @@ def wait_connected(client: Producer, brokers: Sequence[str], errors: Sequence[Ka
     last = "no answer"
     while True:
         client.poll(0)
-        for err in errors:
-            if err.code() in OPEN_FAILS_FAST or err.fatal():
-                kind = "authentication failed" if err.code() != _E._SSL else "TLS handshake failed"
-                raise KafkaClientError(f"{label}: {kind} with brokers {joined}: {err.name()}: {err.str()}")
+        _fail_fast(errors, joined, label)
         if errors:
             err = errors[-1]
             last = f"{err.name()}: {err.str()}"
@@ -162,3 +181,63 @@ def wait_connected(client: Producer, brokers: Sequence[str], errors: Sequence[Ka
         except KafkaException as exc:
             if not errors:
                 last = describe(exc)
+
+
+class BrokerWait:
+    """Waiting for a cluster without a time limit, one short attempt at a time, with progress in the log.
+
+    Each :meth:`attempt` asks ``client`` for metadata for at most ``attempt_s`` and returns it once
+    a broker answers, else None. ``errors`` is the list the client's ``error_cb`` appends to while
+    connecting; an attempt consumes it: an authentication, TLS or fatal error raises
+    :class:`KafkaClientError` (no waiting fixes those), the newest other one becomes the last error.
+    Every ``log_every_s`` (and at the first failed attempt) ``log`` gets the warning ``waiting for
+    kafka brokers`` with ``attempt``, ``elapsed_s``, ``brokers`` and ``last_error``.
+    """
+
+    def __init__(self, client: Producer, brokers: Sequence[str], errors: list[KafkaError], log: Any, label: str,
+                 log_every_s: float, attempt_s: float = 1.0) -> None:
+        self.client, self.errors, self.log, self.label = client, errors, log, label
+        self.brokers = ",".join(brokers)
+        self.log_every_s, self.attempt_s = log_every_s, attempt_s
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.last_error = "no answer yet"
+        self._client_reported = False  # the client's own errors name the cause better than a metadata timeout
+        self._logged_at: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the wait began."""
+        return time.monotonic() - self.started
+
+    def attempt(self) -> Any | None:
+        """Metadata if a broker answered within ``attempt_s``, else None (after logging progress when due)."""
+        self.attempts += 1
+        self.client.poll(0)
+        self._take_errors()
+        try:
+            metadata = self.client.list_topics(timeout=self.attempt_s)
+        except KafkaException as exc:
+            self._take_errors()
+            if not self._client_reported:
+                self.last_error = describe(exc)
+            now = time.monotonic()
+            if self._logged_at is None or now - self._logged_at >= self.log_every_s:
+                self._logged_at = now
+                self.log.warning("waiting for kafka brokers", attempt=self.attempts,
+                                 elapsed_s=round(now - self.started, 1), brokers=self.brokers,
+                                 last_error=self.last_error)
+            return None
+        self._take_errors()
+        return metadata
+
+    def _take_errors(self) -> None:
+        """Judge and clear the errors the client reported since the last call."""
+        errors = self.errors
+        if not errors:
+            return
+        _fail_fast(errors, self.brokers, self.label)
+        err = errors[-1]
+        self.last_error = f"{err.name()}: {err.str()}"
+        self._client_reported = True
+        errors.clear()

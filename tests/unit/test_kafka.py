@@ -13,8 +13,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from savegress_gw.components import Outcome, Status
 from savegress_gw.kafka.codec import codec_settings, profile_codec
-from savegress_gw.kafka.connection import Brokers, SaslOptions, TlsOptions, admin_settings, client_settings, \
-    masked, no_callbacks, wait_connected
+from savegress_gw.kafka.client_errors import MAX_OPEN_ERRORS, ClientErrors
+from savegress_gw.kafka.connection import Brokers, BrokerWait, SaslOptions, TlsOptions, admin_settings, \
+    client_settings, masked, no_callbacks, wait_connected
 from savegress_gw.kafka.delivery import BatchDelivery
 from savegress_gw.kafka.errors import KafkaClientError, describe, status_of
 from savegress_gw.kafka.logs import LOG_EVERY_S, RateLimitedLog
@@ -131,6 +132,59 @@ def test_wait_connected_fails_at_once_on_an_authentication_error() -> None:
     assert time.monotonic() - started < 1
 
 
+class _Lines:
+    """A structlog stand-in that keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
+def test_broker_wait_attempts_without_limit_and_logs_progress() -> None:
+    broker = f"127.0.0.1:{closed_port()}"
+    errors: list[KafkaError] = []
+    client_errors = ClientErrors(RateLimitedLog(_Lines()), "fatal")  # type: ignore[arg-type]
+    client_errors.opening = True
+    client_errors.open_errors = errors
+    producer = Producer({"bootstrap.servers": broker, "log_level": 0, "error_cb": client_errors})
+    log = _Lines()
+    wait = BrokerWait(producer, [broker], errors, log, "kafka output", log_every_s=0.0, attempt_s=0.2)
+    assert [wait.attempt() for _ in range(3)] == [None, None, None]
+    progress = [fields for level, event, fields in log.lines if event == "waiting for kafka brokers"]
+    assert [p["attempt"] for p in progress] == [1, 2, 3] and all(p["brokers"] == broker for p in progress)
+    assert progress[-1]["elapsed_s"] >= 0.3 and "_TRANSPORT" in progress[-1]["last_error"]
+    assert errors == [], "each attempt consumes what the client reported"
+
+    quiet = BrokerWait(producer, [broker], errors, log, "kafka output", log_every_s=60.0, attempt_s=0.1)
+    log.lines.clear()
+    quiet.attempt(), quiet.attempt()
+    assert len(log.lines) == 1, "the first failed attempt logs, then once per log_every_s"
+
+    errors.append(KafkaError(KafkaError._AUTHENTICATION, "bad password"))
+    with pytest.raises(KafkaClientError, match="authentication failed"):
+        quiet.attempt()
+
+
+def test_client_errors_keep_the_first_fatal_collect_while_opening_then_warn() -> None:
+    lines = _Lines()
+    errors = ClientErrors(RateLimitedLog(lines), "producer failed fatally")  # type: ignore[arg-type]
+    errors.opening = True
+    for _ in range(MAX_OPEN_ERRORS + 5):
+        errors(KafkaError(KafkaError._TRANSPORT, "down"))
+    assert len(errors.open_errors) == MAX_OPEN_ERRORS and lines.lines == []
+    errors.opening = False
+    errors(KafkaError(KafkaError._TRANSPORT, "down"))
+    errors(KafkaError(KafkaError._TRANSPORT, "down"))  # rate limited
+    fatal = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    errors(fatal)
+    errors(KafkaError(KafkaError._FATAL, "later", fatal=True))
+    assert errors.fatal == "_FENCED: fenced"
+    assert lines.lines == [("warning", "kafka client error", {"code": "_TRANSPORT", "reason": "down"}),
+                           ("error", "producer failed fatally", {"code": "_FENCED", "reason": "fenced"})]
+
+
 # ------------------------------------------------------------------------------------------- topics
 
 
@@ -198,16 +252,25 @@ def test_permanent_errors_are_rejected_the_rest_errored() -> None:
 
 
 class _Msg:
+    def __init__(self, key: bytes = b"k", value: bytes = b"v") -> None:
+        self._key, self._value = key, value
+
     def topic(self) -> str:
         return "t"
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
 
 
 def test_batch_delivery_reports_once_when_the_last_record_reported() -> None:
     outcomes: list[Outcome] = []
     finished: list[bool] = []
     delivery = BatchDelivery(3, outcomes.append, ("max_request_size", 100), lambda: finished.append(True))
-    for i in range(3):
-        delivery.report(i, None, _Msg())
+    for _ in range(3):
+        delivery.report(None, _Msg())
     assert outcomes == [] and finished == [], "the producing code still holds its count"
     delivery.release()
     assert outcomes == [Outcome(Status.DELIVERED)] and finished == [True]
@@ -217,11 +280,12 @@ def test_batch_delivery_reports_once_when_the_last_record_reported() -> None:
 
 def test_batch_delivery_partial_and_whole_failures() -> None:
     outcomes: list[Outcome] = []
-    delivery = BatchDelivery(4, outcomes.append, ("max_request_size", 100))
+    keys, values = [b"a", b"b", b"c", b"d"], [b"0", b"1", b"2", b"3"]
+    delivery = BatchDelivery(4, outcomes.append, ("max_request_size", 100), keys=keys, values=values)
     delivery.fail(1, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), "t", 500)
-    delivery.report(0, None, _Msg())
-    delivery.report(2, None, _Msg())
-    delivery.report(3, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), _Msg())
+    delivery.report(None, _Msg(b"c", b"2"))
+    delivery.report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), _Msg(b"d", b"3"))
+    delivery.report(None, _Msg(b"a", b"0"))
     delivery.release()
     (outcome,) = outcomes
     assert outcome.status is Status.DELIVERED and outcome.failed == [1, 3]
@@ -235,6 +299,30 @@ def test_batch_delivery_partial_and_whole_failures() -> None:
     delivery.release()
     assert outcomes == [Outcome(Status.ERRORED, reason="_QUEUE_FULL: full (2 events); _INVALID_TOPIC: no topic "
                                                        "(1 event)")]
+
+
+def test_batch_delivery_matches_failed_reports_to_records_each_once() -> None:
+    """One callback serves the whole batch: a failed report finds its record by key and value;
+    equal records are matched one by one; a report matching no record fails the whole batch."""
+    outcomes: list[Outcome] = []
+    keys, values = ["k", "k", "k", ""], [b"same", b"same", b"other", b"x"]  # str keys go out as UTF-8
+    delivery = BatchDelivery(4, outcomes.append, ("max_request_size", 100), keys=keys, values=values)
+    timeout = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+    delivery.report(timeout, _Msg(b"k", b"same"))
+    delivery.report(timeout, _Msg(None, b"x"))  # type: ignore[arg-type]  # an empty key comes back as None
+    delivery.report(timeout, _Msg(b"k", b"same"))
+    delivery.report(None, _Msg(b"k", b"other"))
+    delivery.release()
+    (outcome,) = outcomes
+    assert outcome.failed == [0, 1, 3] and outcome.failed_status is Status.ERRORED
+
+    outcomes.clear()
+    delivery = BatchDelivery(2, outcomes.append, ("max_request_size", 100), keys=[b"a", b"b"], values=[b"1", b"2"])
+    delivery.report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), _Msg(b"zz", b"9"))
+    delivery.report(None, _Msg(b"a", b"1"))
+    delivery.release()
+    (outcome,) = outcomes
+    assert outcome.status is Status.ERRORED and not outcome.failed, "unmatched: the whole batch is retried"
 
 
 def test_rate_limited_log_counts_what_it_suppressed(monkeypatch: pytest.MonkeyPatch) -> None:
