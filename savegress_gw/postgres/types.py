@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -167,10 +167,11 @@ def parse_array(text: str, convert: Converter = _text, delimiter: str = ",") -> 
             raise ValueError(f"malformed array literal: {text!r}")
         if len(text) == 2:
             return []
-        return [
-            None if item.upper() == "NULL" else convert(item)
-            for item in map(str.strip, text[1:-1].split(delimiter))
-        ]
+        # PostgreSQL quotes elements with spaces, so unquoted ones need no stripping
+        items: list[Any] = text[1:-1].split(delimiter)
+        if convert is _text:
+            return [None if item == "NULL" else item for item in items] if "NULL" in items else items
+        return [None if item == "NULL" else convert(item) for item in items]
     return _parse_nested(text, convert, delimiter)
 
 
@@ -259,7 +260,7 @@ class RowDecoder:
     but unknown). A value that fails to convert raises ``ValueError`` naming table and column.
     """
 
-    __slots__ = ("relation", "names", "converters", "key_indexes")
+    __slots__ = ("relation", "names", "converters", "key_indexes", "_typed")
 
     def __init__(self, relation: Relation, types: Mapping[int, TypeInfo] | None = None) -> None:
         self.relation = relation
@@ -270,22 +271,51 @@ class RowDecoder:
         self.key_indexes: tuple[int, ...] = tuple(
             index for index, column in enumerate(relation.columns) if column.is_key
         )
+        # the columns whose text is not already the JSON value
+        self._typed: tuple[tuple[int, str, Converter], ...] = tuple(
+            (index, name, convert)
+            for index, (name, convert) in enumerate(zip(self.names, self.converters))
+            if convert is not _text
+        )
 
     def decode(self, values: TupleData) -> tuple[dict[str, Any], list[str]]:
-        self._check_width(values)
-        row: dict[str, Any] = {}
+        if len(values) != len(self.names):
+            self._check_width(values)
         unchanged: list[str] = []
         try:
-            for name, convert, value in zip(self.names, self.converters, values):
-                if value is None:
-                    row[name] = None
-                elif value is UNCHANGED_TOAST:
-                    unchanged.append(name)
-                else:
+            if UNCHANGED_TOAST in values:
+                row: dict[str, Any] = {}
+                for name, convert, value in zip(self.names, self.converters, values):
+                    if value is None:
+                        row[name] = None
+                    elif value is UNCHANGED_TOAST:
+                        unchanged.append(name)
+                    else:
+                        row[name] = convert(value)  # type: ignore[arg-type]
+                return row, unchanged
+            row = dict(zip(self.names, values))
+            for index, name, convert in self._typed:
+                value = values[index]
+                if value is not None:
                     row[name] = convert(value)  # type: ignore[arg-type]
         except (ValueError, TypeError, IndexError) as exc:
             raise self._conversion_error(values, exc) from exc
         return row, unchanged
+
+    def decode_complete(self, values: Sequence[str | None]) -> dict[str, Any]:
+        """``decode`` for values known to hold no ``UNCHANGED_TOAST`` (snapshot rows, Insert
+        tuples, ``O`` old tuples): the row dict alone, a little faster."""
+        if len(values) != len(self.names):
+            self._check_width(values)  # type: ignore[arg-type]
+        row = dict(zip(self.names, values))
+        try:
+            for index, name, convert in self._typed:
+                value = values[index]
+                if value is not None:
+                    row[name] = convert(value)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise self._conversion_error(values, exc) from exc
+        return row
 
     def decode_key(self, values: TupleData) -> dict[str, Any]:
         self._check_width(values)

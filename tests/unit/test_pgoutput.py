@@ -193,6 +193,9 @@ def test_row_decoder_omits_unchanged_toast_and_names_failures() -> None:
         ["doc"],
     )
     assert decoder.decode_key(("5", None, None)) == {"id": 5}
+    assert decoder.decode_complete(("5", None, "-1.5e-300")) == {"id": 5, "doc": None, "f": -1.5e-300}
+    with pytest.raises(ValueError, match=r"public\.t\.id \(type oid 20\): cannot convert '1\.5'"):
+        decoder.decode_complete(("1.5", None, None))
     with pytest.raises(ValueError, match=r"public\.t\.f \(type oid 701\): cannot convert 'abc'"):
         decoder.decode(("1", "x", "abc"))
     with pytest.raises(ValueError, match="2 values but the relation 3 columns"):
