@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 from savegress_gw import Component, ComponentConfig, Context, Source, SourceBatch, hookimpl
 from savegress_gw.envelope import encode, format_timestamp, normalize
 from savegress_gw.errors import GatewayError
+from savegress_gw.kafka.client_errors import ClientErrors
 from savegress_gw.kafka.connection import Brokers, SaslOptions, TlsOptions, client_settings, masked, wait_connected
 from savegress_gw.kafka.consumer import PartitionOffsets, check_passthrough, consumer_settings, incremental, lane, \
     parse_position
@@ -151,8 +152,6 @@ class KafkaSource(Source):
         self._resume: dict[str, int] = {}
         self._paused = False
         self._failure: str | None = None
-        self._open_errors: list[KafkaError] = []
-        self._opening = False
         self._metrics: Any = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,19 +167,21 @@ class KafkaSource(Source):
                                  group, cfg.start, cfg.consumer)
         self.consumer_config = masked(conf)
         self._incremental = incremental(conf)
-        self._opening, self._open_errors = True, []
+        self._errors = errors = ClientErrors(self._limited, "kafka consumer failed fatally")
+        errors.opening = True
         try:
-            self._consumer = Consumer({**conf, "error_cb": self._on_error, "logger": LibrdkafkaLog(self._limited)})
+            self._consumer = Consumer({**conf, "error_cb": errors, "logger": LibrdkafkaLog(self._limited)})
         except (KafkaException, ValueError, TypeError) as exc:
             raise KafkaSourceError(f"{_LABEL}: invalid consumer configuration: {describe(exc)}") from None
         try:
-            metadata = wait_connected(self._consumer, cfg.brokers, self._open_errors, cfg.connect_timeout, _LABEL,
+            metadata = wait_connected(self._consumer, cfg.brokers, errors.open_errors, cfg.connect_timeout, _LABEL,
                                       "connect_timeout")
         except KafkaClientError as exc:
             self.close()
             raise KafkaSourceError(str(exc)) from None
         finally:
-            self._opening, self._open_errors = False, []
+            errors.opening = False
+            errors.open_errors.clear()
         if cfg.topics is not None:
             subscription = list(cfg.topics)
             missing = [t for t in cfg.topics if t not in metadata.topics or metadata.topics[t].error is not None]
@@ -214,8 +215,7 @@ class KafkaSource(Source):
     # ------------------------------------------------------------------ reading
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
-        if self._failure is not None:
-            raise KafkaSourceError(self._failure)
+        self._raise_failure()
         assert self._consumer is not None, "read() before open()"
         messages = self._consumer.consume(max_events, timeout_s)
         if not messages:
@@ -243,8 +243,7 @@ class KafkaSource(Source):
                 events.append(event)
             except ValueError as exc:  # orjson.JSONDecodeError or EnvelopeError
                 rejected.append((topic, partition, offset, f"{type(exc).__name__}: {exc}"))
-        if self._failure is not None:
-            raise KafkaSourceError(self._failure)
+        self._raise_failure()
         if not read_to:
             return None
         assigned, nxt = self._offsets.assigned, self._offsets.next
@@ -258,6 +257,13 @@ class KafkaSource(Source):
         if raw:
             batch.keys = [key if key is not None else fallback for key, fallback in zip(keys, batch.keys)]
         return SourceBatch([], dict(nxt), encoded=batch)
+
+    def _raise_failure(self) -> None:
+        """Raise :class:`KafkaSourceError` once the consumer failed fatally or is not authorized."""
+        if self._errors.fatal is not None:
+            raise KafkaSourceError(f"{_LABEL}: fatal consumer error: {self._errors.fatal}")
+        if self._failure is not None:
+            raise KafkaSourceError(self._failure)
 
     def _reject(self, records: list[tuple[str, int, int, str]]) -> None:
         """Count, keep and log (one line) records whose value is not a valid envelope."""
@@ -332,17 +338,6 @@ class KafkaSource(Source):
         self._log.warning("partitions lost (the group moved on without this consumer); records read from them "
                           "but not yet committed are read again", partitions=[lane(tp.topic, tp.partition)
                                                                              for tp in partitions])
-
-    def _on_error(self, err: KafkaError) -> None:
-        if self._opening:
-            self._open_errors.append(err)
-        elif err.fatal():
-            self._failure = f"{_LABEL}: fatal consumer error: {err.name()}: {err.str()}"
-        elif err.code() in _NOT_AUTHORIZED:
-            self._failure = f"{_LABEL}: not authorized: {err.name()}: {err.str()}"
-        else:
-            self._limited.emit("warning", ("error", err.code()), "kafka consumer error", error=err.name(),
-                               reason=err.str())
 
     def _on_message_error(self, err: KafkaError, message: Message) -> None:
         if err.code() in _MISSING_TOPIC:
