@@ -13,7 +13,9 @@ undelivered transactions received, such an advance would confirm them early (dat
 restart, reproduced in the research notes §5.4). :meth:`read` therefore stops before calling
 ``read_message`` whenever that could happen: a complete transaction was received but not
 confirmed, and the last message's ``data_start`` is 0 or <= the confirmed LSN. Reading resumes
-once the caller has confirmed every received transaction. With nothing pending, the automatic
+once the caller has confirmed every received transaction; meanwhile a status update (repeating what was already
+confirmed) goes out every 0.25 s so the walsender does not time the connection out. With
+nothing pending, the automatic
 advance is what keeps an idle slot moving (the server's WAL end never lies past the start of a
 commit record not yet sent), so it is left on.
 """
@@ -21,6 +23,7 @@ commit record not yet sent), so it is left on.
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 import psycopg2
@@ -29,6 +32,8 @@ import psycopg2.extras
 from savegress_gw.postgres.pgoutput import lsn_to_str, str_to_lsn
 
 _COMMIT = ord("C")
+_ALIVE_INTERVAL_S = 0.25
+"""How often a status update is sent while reading waits for deliveries (module docstring)."""
 
 
 class ReplicationStream:
@@ -44,6 +49,7 @@ class ReplicationStream:
         self.confirmed = 0
         """The highest LSN passed to ``send_feedback`` as ``flush_lsn`` (psycopg2's explicit flush)."""
         self._last_start = 0
+        self._last_alive = 0.0
         self.started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +117,7 @@ class ReplicationStream:
         waited = False
         while len(out) < limit:
             if not self.safe_to_read:
+                self._stay_alive()
                 break
             message = cursor.read_message()
             if message is None:
@@ -125,6 +132,14 @@ class ReplicationStream:
                 self.received_end = start
             out.append(message)
         return out
+
+    def _stay_alive(self) -> None:
+        """While not reading, send a status update now and then: the walsender ends connections
+        that stay silent for ``wal_sender_timeout``, and nothing new is confirmed by it."""
+        now = time.monotonic()
+        if now - self._last_alive >= _ALIVE_INTERVAL_S:
+            self._last_alive = now
+            self.cursor.send_feedback(force=True)
 
     def confirm(self, end_lsn: int, force: bool = False) -> None:
         """Confirm ``end_lsn`` (a delivered transaction's end) as flushed; sent at the next status
