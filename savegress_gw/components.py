@@ -226,8 +226,13 @@ class Source(Component):
     """True when :meth:`seek` works, so the core checkpoints this source's positions."""
     replays_in_order: ClassVar[bool] = False
     """True when ``seek(position)`` reads again exactly the events that followed ``position``, in the
-    same order (a file, a WAL, a seeded generator). Exactly-once numbers events in read order and
-    needs it; a source merging several streams (Kafka partitions) does not have it."""
+    same order (a file, a WAL, a seeded generator): exactly-once then numbers events in read order."""
+    sequence_lanes: ClassVar[bool] = False
+    """True for a source of several ordered streams (Kafka partitions) that numbers its events
+    itself: :meth:`event_sequence` gives each event's ``(lane, ordinal)``, ordinals growing along a
+    lane and the same when the event is read again, and every position is ``{lane: ordinal of the
+    last event read}`` (so ``seek({lane: n})`` continues each lane after ``n``). Exactly-once needs
+    this or :attr:`replays_in_order`."""
 
     def seek(self, position: Any) -> None:
         """Continue after ``position`` (a value ``read`` returned earlier, from the checkpoint).
@@ -236,6 +241,10 @@ class Source(Component):
         (``resumable = False``) are never checkpointed and never asked to seek.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a position")
+
+    def event_sequence(self, event: dict[str, Any]) -> tuple[str, int]:
+        """``(lane, ordinal)`` of a normalized event this source read (with :attr:`sequence_lanes`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not number its events")
 
     def commit(self, position: Any, dropped: int = 0) -> None:
         """Everything up to and including ``position`` is delivered, parked or dropped: confirm it.

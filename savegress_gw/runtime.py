@@ -105,18 +105,20 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so no child outlives the supervisor."""
+def die_with_parent(name: str) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no child outlives the supervisor,
+    and name it ``sg-<name>`` (15 bytes at most) for ``ps -o comm``, ``top`` and ``pkill``."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, f"sg-{name}".encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except OSError:  # not Linux: the work loops also check orphaned()
         pass
 
 
 def boot_child(args: ChildArgs, name: str, slot: int) -> ChildRuntime:
     """Common start of every child: die with the parent, ignore SIGINT, rebuild registry and profile."""
-    die_with_parent()
+    die_with_parent(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group; the supervisor decides
     plugins = get_plugin_manager()
     registry = collect_components(plugins)

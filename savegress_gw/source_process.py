@@ -27,7 +27,7 @@ from savegress_gw.components import Backpressure, Batch, Context, Source, Source
 from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.exactly_once.checkpoints import checkpoint_topic
-from savegress_gw.exactly_once.frames import Marker, encode_sequenced
+from savegress_gw.exactly_once.frames import SINGLE_LANE, Marker, encode_sequenced
 from savegress_gw.exactly_once.setup import source_resume
 from savegress_gw.filters import TableFilter, priority_classes
 from savegress_gw.logs import configure_logging
@@ -212,37 +212,46 @@ class Router:
                     self._stage(index, _Frame(payload, events, read), klass)
 
     def _route_sequenced(self, read_batch: SourceBatch, read: _ReadBatch) -> None:
-        """Exactly-once: number the events and end the read batch with a marker in every lane."""
-        batch = self._encoded(read_batch)
+        """Exactly-once: give every event its (lane, ordinal); end the read batch with a marker in every worker lane."""
+        if self.source.sequence_lanes:
+            kept = self._kept(read_batch)
+            sequences = [self.source.event_sequence(event) for event in kept]
+            batch = encode(kept, time.time_ns())
+            lanes: list[str] | None = [lane for lane, _ in sequences]
+            ordinals = [ordinal for _, ordinal in sequences]
+            marker = Marker(dict(read_batch.position), read_batch.position)
+        else:
+            batch = self._encoded(read_batch)
+            lanes, ordinals = None, list(range(self.ordinal + 1, self.ordinal + 1 + len(batch)))
+            self.ordinal += len(batch)
+            marker = Marker({SINGLE_LANE: self.ordinal}, read_batch.position)
         if batch:
             self.metrics.inc("events_received_total", len(batch))
-        first = self.ordinal + 1
-        self.ordinal += len(batch)
-        marker = Marker(self.ordinal, read_batch.position)
         for index, indices in enumerate(self._lane_indices(batch)):
             part = batch if len(indices) == len(batch) else batch.take(indices)
-            ordinals = [first + i for i in indices]
-            for payload, events, holds in self._sequenced_frames(part, ordinals, marker,
-                                                                self.lanes[index].ring.capacity // 4):
+            for payload, events, holds in self._sequenced_frames(
+                    part, [ordinals[i] for i in indices], None if lanes is None else [lanes[i] for i in indices],
+                    marker, self.lanes[index].ring.capacity // 4):
                 read.remaining += holds
                 self._stage(index, _Frame(payload, events, read, holds))
 
-    def _sequenced_frames(self, batch: Batch, ordinals: list[int], marker: Marker | None,
+    def _sequenced_frames(self, batch: Batch, ordinals: list[int], lanes: list[str] | None, marker: Marker | None,
                           limit: int) -> list[tuple[bytes, int, int]]:
         """``(payload, events, holds)`` of frames of at most ``limit`` bytes; the marker goes on the last."""
-        payload = encode_sequenced(batch, ordinals, marker)
+        payload = encode_sequenced(batch, ordinals, lanes, marker)
         if len(payload) > limit and len(batch) > 1:
-            half = len(batch) // 2
-            return (self._sequenced_frames(batch.slice(0, half), ordinals[:half], None, limit)
-                    + self._sequenced_frames(batch.slice(half, len(batch)), ordinals[half:], marker, limit))
+            half, n = len(batch) // 2, len(batch)
+            return (self._sequenced_frames(batch.slice(0, half), ordinals[:half], lanes and lanes[:half], None, limit)
+                    + self._sequenced_frames(batch.slice(half, n), ordinals[half:], lanes and lanes[half:], marker,
+                                             limit))
         if len(payload) > limit:
             self.metrics.inc("events_dropped_total", label="rejected")
             self.log.error("event larger than a quarter of the worker ring dropped; raise gateway.ring_size",
                            event_id=batch.ids[0], bytes=len(payload), limit=limit)
             if marker is None:
                 return []
-            batch, ordinals = Batch.empty(), []
-            payload = encode_sequenced(batch, ordinals, marker)
+            batch = Batch.empty()
+            payload = encode_sequenced(batch, [], None, marker)
         return [(payload, len(batch), len(batch) + (marker is not None))]
 
     def _by_priority(self, batch: Batch) -> list[tuple[int, Batch]]:
@@ -312,6 +321,10 @@ class Router:
             batch = read_batch.encoded
             batch.ingest_ns = [now] * len(batch)
             return batch
+        return encode(self._kept(read_batch), now)
+
+    def _kept(self, read_batch: SourceBatch) -> list[dict[str, Any]]:
+        """The read batch's events that pass the filters, normalized (unless the source is trusted)."""
         events = read_batch.events
         if read_batch.encoded is not None:  # filters need the events themselves: the slow path
             events = [orjson.loads(payload) for payload in read_batch.encoded.payloads]
@@ -320,7 +333,7 @@ class Router:
             self.metrics.inc("events_dropped_total", len(events) - len(kept), label="filtered")
         if not self.source.trusted:
             kept = self._normalized(kept)
-        return encode(kept, now)
+        return kept
 
     def _normalized(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
@@ -419,7 +432,7 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
                                  resumable=source.resumable)
     ordinal = 0
     if profile.exactly_once.enabled:  # the checkpoint topic, not the file, says what is in Kafka
-        position, ordinal = source_resume(profile, log)
+        position, ordinal = source_resume(profile, source.sequence_lanes, log)
         where = f"checkpoint topic {checkpoint_topic(profile.gateway.id)}"
     else:
         position, where = checkpoint.load(), str(checkpoint.path)

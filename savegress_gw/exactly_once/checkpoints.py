@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from savegress_gw.errors import GatewayError
+from savegress_gw.exactly_once.frames import SINGLE_LANE
 from savegress_gw.kafka.errors import describe
 
 VERSION = 1
@@ -53,18 +54,18 @@ def checkpoint_key(worker: int) -> bytes:
 class WorkerCheckpoint:
     """What one worker has committed.
 
-    ``ordinal``: every event routed to this worker with an ordinal up to it is in Kafka.
-    ``end``/``position``: the last read-batch marker it committed; the source may restart at
-    ``position`` numbering from ``end + 1``. ``workers``, ``lanes`` and ``source`` record the
-    layout the ordinals were routed under.
+    ``ordinals``: per lane, every event routed to this worker with an ordinal up to it is in
+    Kafka. ``ends``/``position``: the last read-batch marker it committed (see
+    :mod:`~savegress_gw.exactly_once.frames`). ``workers``, ``lanes`` and ``source`` record the
+    layout the events were routed under.
     """
 
     worker: int
     workers: int
     lanes: int
     source: str
-    ordinal: int = 0
-    end: int = 0
+    ordinals: dict[str, int] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)
     position: Any = None
 
     def encode(self) -> bytes:
@@ -157,12 +158,15 @@ def _behind(reader: Consumer, topic: str, ends: dict[int, int]) -> list[int]:
     return [tp.partition for tp in positions if tp.offset < ends[tp.partition]]
 
 
-def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: int,
-                 source: str) -> tuple[Any, int]:
-    """Where the source restarts: ``(position, ordinal of the last event before it)``.
+def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: int, source: str,
+                 per_lane: bool) -> tuple[Any, int]:
+    """Where the source restarts: ``(position, ordinal of the last event before it on lane "")``.
 
-    The smallest marker any worker slot committed; ``(None, 0)`` (the source's own start) when a
-    slot has committed nothing yet. Raises :class:`CheckpointTopicError` when the checkpoints were
+    Every worker slot must have committed a checkpoint, else ``(None, 0)``: the source's own start.
+    A single-stream source (``per_lane`` False) restarts at the position of the lowest marker; a
+    source with its own lanes at ``{lane: lowest end}`` over the lanes every worker has seen (a
+    lane missing somewhere starts from the source's own resume point for it, e.g. the consumer
+    group's committed offset). Raises :class:`CheckpointTopicError` when the checkpoints were
     written under another layout (worker count, ``parallel.table_parallelism``) or source: events
     would then be routed to workers whose checkpoints do not cover them.
     """
@@ -175,5 +179,9 @@ def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: 
                 f"old settings until the source is drained, or delete the checkpoint topic to start over")
     if any(slot not in checkpoints for slot in range(workers)):
         return None, 0
-    lowest = min((checkpoints[slot] for slot in range(workers)), key=lambda c: c.end)
-    return lowest.position, lowest.end
+    slots = [checkpoints[slot] for slot in range(workers)]
+    if per_lane:
+        common = set.intersection(*(set(c.ends) for c in slots))
+        return {lane: min(c.ends[lane] for c in slots) for lane in sorted(common)} or None, 0
+    lowest = min(slots, key=lambda c: c.ends.get(SINGLE_LANE, 0))
+    return lowest.position, lowest.ends.get(SINGLE_LANE, 0)

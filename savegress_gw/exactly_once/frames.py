@@ -1,12 +1,17 @@
-"""Ring frames under exactly-once: the batch's columns, each event's ordinal, and a read-batch marker.
+"""Ring frames under exactly-once: the batch's columns, each event's sequence, and a read-batch marker.
 
-A *sequenced frame* is the msgpack list ``[*batch columns, ordinals, marker]``. ``ordinals`` are the
-events' numbers in the source's read order (1, 2, ... from the first event ever read, continued
-across restarts from the checkpoint). ``marker`` is set on the last frame a read batch sends to a
-worker (a worker with no events of that read batch still gets one, empty): ``[end, position]`` =
-the ordinal of the read batch's last event and the source position after it. A worker that has
-committed a marker has seen every event of its lane up to ``end``; the source may restart from
-``position`` with ordinal ``end + 1``.
+A *sequenced frame* is the msgpack list ``[*batch columns, ordinals, lanes, marker]``. Every event
+has a *lane* and an *ordinal* that grows along its lane and is the same when the source reads the
+event again: a single-stream source (file, WAL, generator) has the one lane ``""`` and ordinals
+numbered by the source process in read order (1, 2, ... continued across restarts); a source of
+several streams names each event's lane itself (``Source.event_sequence``, e.g. a Kafka partition
+and its offset). ``lanes`` is None when every event is on lane ``""``.
+
+``marker`` is set on the last frame a read batch sends to a worker (a worker with no events of that
+read batch still gets one, empty): ``[ends, position]``, where ``ends`` maps each lane to the
+ordinal of its last event read so far and ``position`` is the source position after the read
+batch. A worker that has committed a marker has seen every event of its share of each lane up to
+``ends[lane]``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import msgpack
 from savegress_gw.components import Batch
 
 _COLUMNS = len(Batch.COLUMNS)
+SINGLE_LANE = ""
+"""The lane of every event of a single-stream source."""
 
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    """The end of a read batch: every event up to ordinal ``end`` was read before ``position``."""
+    """The end of a read batch: per lane, the ordinal of the last event read before ``position``."""
 
-    end: int
+    ends: dict[str, int]
     position: Any
 
 
@@ -33,18 +40,22 @@ class Marker:
 class SequencedFrame:
     batch: Batch
     ordinals: list[int]
+    lanes: list[str] | None
     marker: Marker | None
 
+    def lane(self, index: int) -> str:
+        return SINGLE_LANE if self.lanes is None else self.lanes[index]
 
-def encode_sequenced(batch: Batch, ordinals: list[int], marker: Marker | None) -> bytes:
-    tail = None if marker is None else [marker.end, marker.position]
-    return msgpack.packb([*batch.to_columns(), ordinals, tail], use_bin_type=True)
+
+def encode_sequenced(batch: Batch, ordinals: list[int], lanes: list[str] | None, marker: Marker | None) -> bytes:
+    tail = None if marker is None else [marker.ends, marker.position]
+    return msgpack.packb([*batch.to_columns(), ordinals, lanes, tail], use_bin_type=True)
 
 
 def decode_sequenced(payload: bytes) -> SequencedFrame:
     fields = msgpack.unpackb(payload, raw=False)
-    if len(fields) != _COLUMNS + 2:
-        raise ValueError(f"not a sequenced frame: {len(fields)} fields, expected {_COLUMNS + 2}")
-    tail = fields[_COLUMNS + 1]
-    return SequencedFrame(Batch.from_columns(fields[:_COLUMNS]), fields[_COLUMNS],
+    if len(fields) != _COLUMNS + 3:
+        raise ValueError(f"not a sequenced frame: {len(fields)} fields, expected {_COLUMNS + 3}")
+    tail = fields[_COLUMNS + 2]
+    return SequencedFrame(Batch.from_columns(fields[:_COLUMNS]), fields[_COLUMNS], fields[_COLUMNS + 1],
                           None if tail is None else Marker(tail[0], tail[1]))

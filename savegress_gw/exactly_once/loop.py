@@ -128,26 +128,36 @@ class TransactionalPipeline:
 
     def _produce_all(self) -> tuple[WorkerCheckpoint, list[Batch]]:
         """Produce every waiting event the checkpoint does not cover; the checkpoint after them."""
-        checkpoint = self.checkpoint
-        covered = checkpoint.ordinal
+        before = self.checkpoint
+        ordinals = dict(before.ordinals)
+        ends, position = before.ends, before.position
         produced = []
         skipped = 0
         for waiting in self._waiting:
             frame = waiting.frame
-            keep = [i for i, ordinal in enumerate(frame.ordinals) if ordinal > covered]
+            keep = []
+            for i, ordinal in enumerate(frame.ordinals):
+                # Covered by what is committed or produced in this transaction already: a restarted
+                # source process re-sends events whose first copies may still be in the ring.
+                lane = frame.lane(i)
+                if ordinal > ordinals.get(lane, 0):
+                    ordinals[lane] = ordinal
+                    keep.append(i)
             skipped += len(frame.ordinals) - len(keep)
             if keep:
                 batch = frame.batch if len(keep) == len(frame.batch) else frame.batch.take(keep)
                 self._produce(batch)
                 produced.append(batch)
-                checkpoint = replace(checkpoint, ordinal=max(checkpoint.ordinal, frame.ordinals[keep[-1]]))
-            if frame.marker is not None and frame.marker.end > checkpoint.end:
-                checkpoint = replace(checkpoint, ordinal=max(checkpoint.ordinal, frame.marker.end),
-                                     end=frame.marker.end, position=frame.marker.position)
+            marker = frame.marker
+            if marker is not None and all(marker.ends.get(lane, 0) >= end for lane, end in ends.items()):
+                # not older than the last one (a restarted source process re-reads from the lowest marker)
+                ends, position = marker.ends, marker.position
+                for lane, end in ends.items():
+                    ordinals[lane] = max(ordinals.get(lane, 0), end)
         if skipped:
             self.metrics.inc("events_skipped_total", skipped)
-            self.log.info("skipped events already committed to Kafka", events=skipped, up_to_ordinal=covered)
-        return checkpoint, produced
+            self.log.info("skipped events already committed to Kafka", events=skipped)
+        return replace(before, ordinals=ordinals, ends=ends, position=position), produced
 
     def _produce(self, batch: Batch) -> None:
         refusals = _Refusals()

@@ -72,12 +72,13 @@ def ensure_topics(profile: Any, admin: AdminClient, log: Any) -> None:
         create_topic(admin, output.topic, output.topics, isr, timeout, "kafka output")
 
 
-def source_resume(profile: Any, log: Any) -> tuple[Any, int]:
-    """For the source process: ``(position, ordinal)`` to restart from, per the checkpoint topic."""
+def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, int]:
+    """For the source process: ``(position, ordinal)`` to restart from, per the checkpoint topic
+    (see :func:`~savegress_gw.exactly_once.checkpoints.resume_point`)."""
     checkpoints = read_checkpoints(admin_settings(connection(profile, "source")), checkpoint_topic(profile.gateway.id),
                                    read_timeout(profile), log)
     return resume_point(checkpoints, profile.gateway.workers, profile.parallel.table_parallelism,
-                        profile.source.type)
+                        profile.source.type, per_lane)
 
 
 def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any) -> TransactionalPipeline:
@@ -92,10 +93,10 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
     topic = checkpoint_topic(profile.gateway.id)
     checkpoints = read_checkpoints(admin_settings(conf), topic, read_timeout(profile), log)
     workers, lanes, source = profile.gateway.workers, profile.parallel.table_parallelism, profile.source.type
-    resume_point(checkpoints, workers, lanes, source)  # refuses a checkpoint topic of another layout
+    resume_point(checkpoints, workers, lanes, source, per_lane=False)  # refuses a checkpoint topic of another layout
     mine = checkpoints.get(worker) or WorkerCheckpoint(worker, workers, lanes, source)
     log.info("exactly-once producer ready", transactional_id=conf["transactional.id"], checkpoint_topic=topic,
-             committed_ordinal=mine.ordinal, committed_position=mine.position)
+             committed_ordinals=mine.ordinals, committed_position=mine.position)
     output = profile.output
 
     def new_topic(name: str) -> None:

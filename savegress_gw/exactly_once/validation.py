@@ -33,10 +33,11 @@ def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
         refuse("replication.ack_mode", f"{profile.replication.ack_mode!r}: transactions write with acks=all")
     source = profile.selected("source")
     source_cls = registry.get("source", source) if source else None
-    if source_cls is not None and not (source_cls.resumable and source_cls.replays_in_order):
+    if source_cls is not None and not (source_cls.resumable and
+                                       (source_cls.replays_in_order or source_cls.sequence_lanes)):
         refuse("source.type", f"{source!r} cannot replay the same events in the same order from a position, "
                               "which exactly-once needs to recognise what Kafka already has; use a source that "
-                              "can (generator, file, postgres)")
+                              "can (generator, file, postgres, kafka)")
     strategy = profile.selected("backpressure")
     if strategy in _DROPPING:
         refuse("backpressure.strategy", f"{strategy!r} drops events")

@@ -70,13 +70,13 @@ def test_checkpoints_read_back_are_the_latest_committed_per_worker(kafka_cluster
     writer = producer(kafka_cluster, f"ckpt-{uuid.uuid4().hex[:8]}")
     for worker, ordinal in ((0, 10), (1, 20), (0, 30)):
         writer.begin()
-        checkpoint = WorkerCheckpoint(worker, 2, 8, "generator", ordinal, ordinal, ordinal)
+        checkpoint = WorkerCheckpoint(worker, 2, 8, "generator", {"": ordinal}, {"": ordinal}, ordinal)
         writer.produce(topic, checkpoint.encode(), checkpoint_key(worker), None, partition=0)
         writer.commit()
     writer.begin()
-    aborted = WorkerCheckpoint(1, 2, 8, "generator", 99, 99, 99)
+    aborted = WorkerCheckpoint(1, 2, 8, "generator", {"": 99}, {"": 99}, 99)
     writer.produce(topic, aborted.encode(), checkpoint_key(1), None, partition=0)
     with pytest.raises(TransactionAborted):
         writer.abort("never committed")
     found = read_checkpoints(kafka_cluster.client_config(), topic, 30, LOG)
-    assert {worker: c.ordinal for worker, c in found.items()} == {0: 30, 1: 20}
+    assert {worker: c.ordinals[""] for worker, c in found.items()} == {0: 30, 1: 20}

@@ -38,8 +38,9 @@ def committed_count(gateway: Gateway) -> float:
 
 def run_with_faults(workdir: Path, profile: dict[str, Any], count: int, worker_kills: int,
                     gateway_kills: int, extra_fault: Any = None) -> tuple[int, int]:
-    """Run the gateway to the end of its ``count`` events while SIGKILLing random children and,
-    in between, the whole gateway (then starting it again). Returns (worker kills, gateway kills)."""
+    """Run the gateway to the end of its ``count`` events while SIGKILLing random workers, the
+    source process once and, in between, the whole gateway (then starting it again). Returns
+    (child kills, gateway kills)."""
     rng = random.Random(7)
     kills = restarts = 0
     gateway = Gateway(workdir, profile).start()
@@ -47,15 +48,17 @@ def run_with_faults(workdir: Path, profile: dict[str, Any], count: int, worker_k
         gateway.wait_ready(120)
         plan = ["worker"] * worker_kills + ["gateway"] * gateway_kills + (["extra"] if extra_fault else [])
         rng.shuffle(plan)
+        plan.insert(1, "source")
         for fault in plan:
             before = committed_count(gateway)
             wait_for(lambda: committed_count(gateway) >= before + 2 or gateway.process.poll() is not None, 120,
                      "two more transactions to commit")
             if gateway.process.poll() is not None:
                 break  # the source finished early: faults after the end prove nothing
-            if fault == "worker":
-                children = gateway.workers()
-                os.kill(rng.choice(children), signal.SIGKILL)
+            if fault in ("worker", "source"):
+                victim = gateway.child(f"worker-{rng.randrange(profile['gateway']['workers'])}" if fault == "worker"
+                                       else "source")
+                os.kill(victim, signal.SIGKILL)
                 kills += 1
             elif fault == "gateway":
                 gateway.signal_group(signal.SIGKILL)
@@ -86,11 +89,11 @@ def test_sigkills_of_workers_and_gateway_leave_every_event_exactly_once(kafka_cl
     soak = request.config.getoption("--soak")
     count = 400_000 if soak else 60_000
     topic = f"eos-{uuid.uuid4().hex[:8]}"
-    profile = exactly_once_profile(topic, kafka_cluster.bootstrap_servers, topic, count, rate=8_000)
+    profile = exactly_once_profile(topic, kafka_cluster.bootstrap_servers, topic, count, rate=5_000)
     kills, restarts = run_with_faults(tmp_path, profile, count, worker_kills=48 if soak else 4,
                                       gateway_kills=4 if soak else 2)
-    print(f"faults: {kills} child SIGKILLs, {restarts} gateway SIGKILLs")
-    assert kills + restarts >= (50 if soak else 5)
+    print(f"faults: {kills} child SIGKILLs (one of the source process), {restarts} gateway SIGKILLs")
+    assert kills + restarts >= (50 if soak else 6)
     verify(kafka_cluster.client_config(), topic, count)
     assert hanging_partitions(kafka_cluster.client_config(), CHECKPOINT_PREFIX + topic) == {}
 
@@ -121,7 +124,7 @@ def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(cluster: Any, tmp_p
     frozen: list[int] = []
 
     def freeze_then_restart_broker(gateway: Gateway) -> None:
-        worker = gateway.workers()[-1]
+        worker = gateway.child("worker-1")
         os.kill(worker, signal.SIGSTOP)
         time.sleep(5 + 4)  # past transaction.timeout.ms and the coordinator's abort sweep
         os.kill(worker, signal.SIGCONT)

@@ -75,35 +75,42 @@ def test_switched_off_it_refuses_nothing() -> None:
 def test_sequenced_frames_round_trip_with_and_without_a_marker() -> None:
     batch = Batch([b'{"a":1}', b'{"a":2}'], ["t:1", "t:2"], ["e1", "e2"], ["INSERT"] * 2, ["public"] * 2,
                   ["t"] * 2, [1, 2], [10, 20])
-    frame = decode_sequenced(encode_sequenced(batch, [7, 9], Marker(12, {"lsn": "0/1", "sequence": 3})))
+    frame = decode_sequenced(encode_sequenced(batch, [7, 9], None, Marker({"": 12}, {"lsn": "0/1", "sequence": 3})))
     assert frame.batch.to_columns() == batch.to_columns()
-    assert frame.ordinals == [7, 9]
-    assert frame.marker == Marker(12, {"lsn": "0/1", "sequence": 3})
-    empty = decode_sequenced(encode_sequenced(Batch.empty(), [], None))
-    assert len(empty.batch) == 0 and empty.marker is None
+    assert frame.ordinals == [7, 9] and [frame.lane(0), frame.lane(1)] == ["", ""]
+    assert frame.marker == Marker({"": 12}, {"lsn": "0/1", "sequence": 3})
+    lanes = decode_sequenced(encode_sequenced(batch, [5, 3], ["t:0", "t:1"], None))
+    assert [lanes.lane(0), lanes.lane(1)] == ["t:0", "t:1"] and lanes.marker is None
 
 
 def test_checkpoint_records_round_trip_and_the_topic_name_is_legal() -> None:
-    checkpoint = WorkerCheckpoint(1, 2, 8, "generator", ordinal=500, end=480, position=480)
+    checkpoint = WorkerCheckpoint(1, 2, 8, "generator", ordinals={"": 500}, ends={"": 480}, position=480)
     assert WorkerCheckpoint.decode(checkpoint.encode()) == checkpoint
     assert checkpoint_topic("my gw/1") == "savegress.checkpoints.my_gw_1"
     with pytest.raises(ValueError, match="version"):
         WorkerCheckpoint.decode(b'{"v": 99}')
 
 
-def test_the_source_resumes_from_the_lowest_marker_of_all_workers() -> None:
-    checkpoints = {0: WorkerCheckpoint(0, 2, 8, "generator", 900, 900, 900),
-                   1: WorkerCheckpoint(1, 2, 8, "generator", 700, 650, 650)}
-    assert resume_point(checkpoints, 2, 8, "generator") == (650, 650)
+def single(worker: int, ordinal: int, end: int, workers: int = 2) -> WorkerCheckpoint:
+    return WorkerCheckpoint(worker, workers, 8, "generator", {"": ordinal}, {"": end}, end)
+
+
+def test_a_single_stream_source_resumes_from_the_lowest_marker_of_all_workers() -> None:
+    checkpoints = {0: single(0, 900, 900), 1: single(1, 700, 650)}
+    assert resume_point(checkpoints, 2, 8, "generator", per_lane=False) == (650, 650)
+
+
+def test_a_source_with_lanes_resumes_each_lane_from_its_lowest_end() -> None:
+    checkpoints = {0: WorkerCheckpoint(0, 2, 8, "kafka", {}, {"t:0": 10, "t:1": 40}, None),
+                   1: WorkerCheckpoint(1, 2, 8, "kafka", {}, {"t:0": 25, "t:1": 30, "t:2": 5}, None)}
+    assert resume_point(checkpoints, 2, 8, "kafka", per_lane=True) == ({"t:0": 10, "t:1": 30}, 0)
 
 
 def test_a_worker_without_a_checkpoint_means_the_source_starts_over() -> None:
-    checkpoints = {0: WorkerCheckpoint(0, 2, 8, "generator", 900, 900, 900)}
-    assert resume_point(checkpoints, 2, 8, "generator") == (None, 0)
-    assert resume_point({}, 2, 8, "generator") == (None, 0)
+    assert resume_point({0: single(0, 900, 900)}, 2, 8, "generator", per_lane=False) == (None, 0)
+    assert resume_point({}, 2, 8, "generator", per_lane=True) == (None, 0)
 
 
 def test_checkpoints_of_another_layout_are_refused() -> None:
-    checkpoints = {0: WorkerCheckpoint(0, 4, 8, "generator", 900, 900, 900)}
     with pytest.raises(CheckpointTopicError, match="gateway.workers=4"):
-        resume_point(checkpoints, 2, 8, "generator")
+        resume_point({0: single(0, 900, 900, workers=4)}, 2, 8, "generator", per_lane=False)
