@@ -1,0 +1,125 @@
+"""The initial snapshot of the PostgreSQL source through a real gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.harness.gateway import Gateway, wait_for
+from tests.harness.pg_source import events, pg_profile, release, start_streaming, wait_events
+
+
+@pytest.fixture()
+def db(postgres, pg_database: str):
+    yield pg_database
+    release(postgres, pg_database)
+
+
+def _apply(found: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The table state a consumer applying the events in order ends with."""
+    state: dict[int, dict[str, Any]] = {}
+    for event in found:
+        if event["operation"] in ("SNAPSHOT", "INSERT", "UPDATE"):
+            if event["before"] and event["before"].get("id") != event["after"]["id"]:
+                state.pop(event["before"]["id"], None)
+            state[event["after"]["id"]] = event["after"]
+        elif event["operation"] == "DELETE":
+            state.pop(event["before"]["id"], None)
+    return state
+
+
+def test_snapshot_with_concurrent_writes_ends_in_the_final_table_state(postgres, db: str, tmp_path: Path) -> None:
+    postgres.execute("CREATE TABLE acct (id int PRIMARY KEY, balance int, note text)", dbname=db)
+    postgres.execute("INSERT INTO acct SELECT g, 0, 'start' FROM generate_series(1, 20000) g", dbname=db)
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:  # updates, deletes and inserts while the slot is created and the rows read
+        conn = psycopg2.connect(postgres.dsn(dbname=db))
+        conn.autocommit = True
+        n = 0
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                n += 1
+                cur.execute("UPDATE acct SET balance = balance + 1, note = %s WHERE id = %s", (f"w{n}", n % 20000 + 1))
+                if n % 7 == 0:
+                    cur.execute("DELETE FROM acct WHERE id = %s", (n % 20000 + 1,))
+                if n % 5 == 0:
+                    cur.execute("INSERT INTO acct VALUES (%s, 1, 'new')", (100000 + n,))
+                written[0] = n
+                time.sleep(0.002)
+        conn.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 3000})
+    gateway = start_streaming(postgres, db, tmp_path, profile, timeout=180)
+    wait_for(lambda: written[0] > 2000, 120, "the writer to get going")
+    stop.set()
+    thread.join(30)
+    final = {row[0]: {"id": row[0], "balance": row[1], "note": row[2]}
+             for row in postgres.execute("SELECT id, balance, note FROM acct", dbname=db)}
+    found = wait_events(tmp_path, lambda e: _apply(e) == final, timeout=180,
+                        what="the events to add up to the final table state")
+    snapshot_rows = [e for e in found if e["operation"] == "SNAPSHOT"]
+    assert 0 < len(snapshot_rows) <= 20000 + written[0] // 5
+    first_change = next(i for i, e in enumerate(found) if e["operation"] != "SNAPSHOT")
+    assert all(e["operation"] == "SNAPSHOT" for e in found[:first_change])
+    assert all(e["operation"] != "SNAPSHOT" for e in found[first_change:]), "snapshot rows after stream events"
+    assert len({e["id"] for e in snapshot_rows}) == len(snapshot_rows)
+    assert gateway.stop() == 0
+
+
+def test_exit_after_stops_once_the_snapshot_is_delivered_and_the_next_start_streams(
+        postgres, db: str, tmp_path: Path) -> None:
+    postgres.execute("CREATE TABLE a (id int PRIMARY KEY, v text)", dbname=db)
+    postgres.execute("CREATE TABLE b (k text PRIMARY KEY)", dbname=db)
+    postgres.execute("INSERT INTO a SELECT g, 'v' FROM generate_series(1, 5000) g", dbname=db)
+    postgres.execute("INSERT INTO b VALUES ('x'), ('y')", dbname=db)
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 1000, "exit_after": True})
+    gateway = Gateway(tmp_path, profile).start()
+    assert gateway.wait(180) == 0, gateway.stderr()[-2000:]
+    found = events(tmp_path)
+    assert sorted(e["after"]["id"] for e in found if e["table"] == "a") == list(range(1, 5001))
+    assert sorted(e["after"]["k"] for e in found if e["table"] == "b") == ["x", "y"]
+    assert all(e["operation"] == "SNAPSHOT" for e in found)
+    postgres.execute("INSERT INTO a VALUES (5001, 'after')", dbname=db)
+    profile["snapshot"]["exit_after"] = False
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+    later = wait_events(tmp_path, lambda e: any(x["operation"] == "INSERT" for x in e))
+    assert [e["after"]["id"] for e in later if e["operation"] == "INSERT"] == [5001]
+    assert len([e for e in later if e["operation"] == "SNAPSHOT"]) == 5002  # not read again
+    assert gateway.stop() == 0
+
+
+def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(postgres, db: str,
+                                                                           tmp_path: Path) -> None:
+    postgres.execute("CREATE TABLE done_first (id int PRIMARY KEY)", dbname=db)
+    postgres.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)", dbname=db)
+    postgres.execute("INSERT INTO done_first SELECT generate_series(1, 100)", dbname=db)
+    postgres.execute("INSERT INTO big SELECT g, repeat('p', 200) FROM generate_series(1, 300000) g", dbname=db)
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 2000},
+                         checkpoint={"interval": "200ms"})
+    gateway = Gateway(tmp_path, profile).start()
+    checkpoint = tmp_path / "checkpoints" / "pgtest.json"
+    wait_for(lambda: checkpoint.exists() and '"table": "public.big"' in checkpoint.read_text()
+             and len(events(tmp_path)) > 20_000, 180, "the snapshot to be part-way through table big")
+    os.killpg(gateway.pid, signal.SIGKILL)
+    gateway.wait(30)
+    release(postgres, db)
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+    found = wait_events(tmp_path, lambda e: len({x["after"]["id"] for x in e if x["table"] == "big"}) == 300000,
+                        timeout=300, what="every row of big")
+    big = [e for e in found if e["table"] == "big"]
+    assert sorted({e["after"]["id"] for e in big}) == list(range(1, 300001))
+    assert sorted(e["after"]["id"] for e in found if e["table"] == "done_first") == list(range(1, 101))
+    assert len(big) < 300000 + 50_000, "the snapshot started over instead of resuming"
+    assert '"resumed": true' in gateway.stderr()
+    assert gateway.stop() == 0
