@@ -43,7 +43,9 @@ class FileSink(Sink):
     Delivery by ``replication.ack_mode``: ``none`` acknowledges once the batch is in Python's
     file buffer, ``leader`` once it is flushed to the OS, ``all`` once it is fsynced (the
     directory is fsynced too when the active file is created). Without a profile: ``leader``.
-    An ``OSError`` is reported as ``ERRORED``; the active file is then reopened as on start.
+    An ``OSError`` is reported as ``ERRORED``: what of the failed write reached the file is cut
+    off again (with ``leader``/``all`` or several workers, where nothing else is buffered), the
+    rest still buffered is discarded, and the active file is reopened as on start.
 
     Several workers (``gateway.workers`` > 1) share one ``path``: every write, rotation and
     recovery holds an exclusive ``flock`` on ``.<name>.lock`` beside it, a worker whose file was
@@ -98,9 +100,12 @@ class FileSink(Sink):
             return
         try:
             with self._locked():
-                self._append(b"\n".join(batch.payloads) + b"\n")
+                try:
+                    self._append(b"\n".join(batch.payloads) + b"\n")
+                except OSError:
+                    self._drop_active()
+                    raise
         except OSError as exc:
-            self._drop_active()
             done(Outcome(Status.ERRORED, reason=f"{self.config.path}: {exc}"))
             return
         done(Outcome(Status.DELIVERED))
@@ -130,11 +135,20 @@ class FileSink(Sink):
         size = max(os.fstat(file.fileno()).st_size, file.tell())  # tell() counts what is still buffered
         if rotate.enabled and size and size + len(data) > rotate.max_size:
             file = self._rotate(file)
-        file.write(data)
-        if self._ack != "none" or self._shared:
-            file.flush()
-        if self._ack == "all":
-            os.fsync(file.fileno())
+        flushed = self._ack != "none" or self._shared
+        # Where this write lands (O_APPEND, under the lock): the real end of the file, which another
+        # worker may have moved (tell() would not know); nothing is buffered when every write flushes.
+        start = os.fstat(file.fileno()).st_size if flushed else None
+        try:
+            file.write(data)
+            if flushed:
+                file.flush()
+            if self._ack == "all":
+                os.fsync(file.fileno())
+        except OSError:
+            if start is not None:
+                _cut_back(file, start)
+            raise
 
     def _current(self) -> BinaryIO:
         """The active file, reopened (which cuts a torn tail) when it is not open, when it was
@@ -156,13 +170,25 @@ class FileSink(Sink):
         return file
 
     def _drop_active(self) -> None:
-        """Forget the active file after a failed write; the next send reopens it."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass  # the buffered rest of the failed write is what we want to discard
-            self._file = None
+        """Forget the active file after a failed write (under the lock); the next send reopens it.
+
+        The buffered rest of the failed write is discarded, never written: flushed later (by
+        ``close``, or after another worker's append) it would start in the middle of a line, a
+        torn line that no newline check finds. So the descriptor is first pointed at /dev/null
+        (``dup2``: atomic, the number cannot be reused meanwhile) and only then closed.
+        """
+        file, self._file = self._file, None
+        if file is None:
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, file.fileno())
+        finally:
+            os.close(null)
+        try:
+            file.close()
+        except OSError:
+            pass
 
     def _rotate(self, active: BinaryIO) -> BinaryIO:
         """Move the active file to the next segment; return the new, empty active file."""
@@ -234,6 +260,18 @@ class FileSink(Sink):
         for number in sorted(segments)[: -self.config.rotate.max_files]:
             for file in segments[number]:
                 file.unlink(missing_ok=True)
+
+
+def _cut_back(file: BinaryIO, start: int) -> None:
+    """After a failed write that began at offset ``start`` (the end of the file before it, taken
+    under the lock): cut off what of it reached the file, so a batch reported failed leaves no
+    whole lines behind (they would be duplicates after the retry). If even that fails, reopening
+    cuts the torn last line and the whole ones stay (duplicates). With ``ack_mode: none`` and one
+    worker, earlier batches may still be buffered, so the start is unknown and nothing is cut."""
+    try:
+        os.ftruncate(file.fileno(), start)
+    except OSError:
+        pass
 
 
 def _is_at(file: BinaryIO, path: Path) -> bool:
