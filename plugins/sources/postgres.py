@@ -70,9 +70,13 @@ class TlsConfig(ComponentConfig):
     enabled: bool = False
     """Off: ``sslmode=disable`` (unless ``dsn`` sets it)."""
     mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "verify-full"
+    """libpq ``sslmode`` when TLS is enabled."""
     ca_file: str | None = None
+    """CA certificate file (``sslrootcert``)."""
     cert_file: str | None = None
+    """Client certificate file (``sslcert``)."""
     key_file: str | None = None
+    """Client key file (``sslkey``)."""
     skip_verify: bool = False
     """Encrypt without checking the server certificate (``sslmode=require``). Not for production."""
 
@@ -93,17 +97,25 @@ class PostgresSource(Source):
 
     class Config(ComponentConfig):
         host: str = "localhost"
+        """Database server host name or address."""
         port: int = Field(5432, ge=1, le=65535)
+        """Database server port."""
         database: str = "postgres"
+        """Database whose changes are captured (slots and publications belong to one database)."""
         user: str = "postgres"
+        """Role to connect as: needs LOGIN and REPLICATION, and SELECT on the tables for the snapshot."""
         password: str | None = None
+        """The role's password (``${DB_PASSWORD}``); none for trust or peer authentication."""
         dsn: str | None = None
         """A libpq connection string; host/port/database/user/password set explicitly override it."""
         connection_timeout: Duration = 30.0
         """How long start-up keeps retrying an unreachable server or a slot still in use."""
         tls: TlsConfig = TlsConfig()
+        """TLS to the database."""
         slot_name: str = Field("savegress_slot", pattern=_NAME)
+        """Logical replication slot (lower-case letters, digits, underscores)."""
         publication: str = Field("savegress_pub", pattern=_NAME)
+        """Publication of the selected tables; created or aligned with the profile at start."""
         create_slot: bool = True
         """Create the slot (and export the initial snapshot) when it does not exist."""
         drop_slot_on_close: bool = False
@@ -118,14 +130,19 @@ class PostgresSource(Source):
         """Emit ``pg_logical_emit_message`` heartbeats, delivered as ``HEARTBEAT`` events: they keep
         the slot and the checkpoint moving on an idle database."""
         heartbeat_interval_seconds: int = Field(10, ge=1)
+        """Seconds between heartbeats."""
         preserve_transactions: bool = False
         """Emit ``BEGIN``/``COMMIT`` marker events around each transaction's changes."""
         row_filters: dict[str, RowFilter] = {}
         """Per table (``schema.table``): a row predicate pushed into the publication."""
         max_connections: PoolLater = None
+        """Not implemented: the source uses one replication and one query connection."""
         idle_timeout: PoolLater = None
+        """Not implemented: see ``max_connections``."""
         databases: MultiDatabaseLater = None
+        """Not implemented: one source captures one database."""
         options: PortalOptionsLater = None
+        """Not implemented: the PORTAL dialect; use ``start_position``."""
 
         @field_validator("start_position")
         @classmethod
