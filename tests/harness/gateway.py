@@ -136,15 +136,18 @@ class Gateway:
         return [pid for pid in children_of(self.pid) if "resource_tracker" not in cmdline(pid)
                 and "spawn_main" in cmdline(pid)]
 
-    def child(self, name: str) -> int:
-        """The pid of child ``name`` (``source``, ``worker-0``, ...), by its process name ``sg-<name>``."""
-        for pid in self.workers():
-            try:
-                if (Path("/proc") / str(pid) / "comm").read_text().strip() == f"sg-{name}"[:15]:
-                    return pid
-            except OSError:
-                continue
-        raise LookupError(f"no child named {name} under {self.pid}")
+    def child(self, name: str, timeout: float = 60) -> int:
+        """The pid of child ``name`` (``source``, ``worker-0``, ...), by its process name ``sg-<name>``;
+        waits for it (a killed child's replacement) up to ``timeout``."""
+        def find() -> int | None:
+            for pid in self.workers():
+                try:
+                    if (Path("/proc") / str(pid) / "comm").read_text().strip() == f"sg-{name}"[:15]:
+                        return pid
+                except OSError:
+                    continue
+            return None
+        return wait_for(find, timeout, f"child {name} of gateway {self.pid}")
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)

@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from tests.harness.gateway import Gateway, wait_for
 from tests.harness.kafka import broker_pids_under
 from tests.harness.kafka import kafka_local as kl
+from tests.harness.pg_source import pg_profile, release, start_streaming
 from tests.harness.transactions import exactly_once_profile, hanging_partitions, read_committed
 from tests.harness.verify import verify_sequences
 
@@ -137,3 +140,58 @@ def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(cluster: Any, tmp_p
     run_with_faults(tmp_path, profile, count, worker_kills=1, gateway_kills=1, extra_fault=freeze_then_restart_broker)
     assert frozen, "the freeze did not run"
     verify(cluster.client_config(), topic, count)
+
+
+def test_postgres_to_kafka_exactly_once_through_sigkills(kafka_cluster: Any, postgres: Any, pg_database: str,
+                                                         tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Sequenced rows committed to PostgreSQL while workers, the source process and the whole
+    gateway are SIGKILLed: every row's INSERT is in Kafka exactly once (``read_committed``)."""
+    soak = request.config.getoption("--soak")
+    total = 100_000 if soak else 20_000
+    topic = f"eospg-{uuid.uuid4().hex[:8]}"
+    postgres.execute("CREATE TABLE seqs (seq int PRIMARY KEY, pad text)", dbname=pg_database)
+    profile = pg_profile(postgres, pg_database, tmp_path, gateway={"id": topic, "workers": 2},
+                         exactly_once={"enabled": True, "transaction_timeout": "10s"},
+                         buffer={"size": 4000})
+    profile["output"] = {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic,
+                         "topics": {"partitions": 4}}
+    writer = threading.Thread(target=_write_rows, args=(postgres.dsn(dbname=pg_database), total, total / 2500),
+                              daemon=True)
+    try:
+        gateway = start_streaming(postgres, pg_database, tmp_path, profile)
+        writer.start()
+        rng = random.Random(11)
+        for fault in ["worker", "source", "gateway", "worker", "gateway", "worker"] * (8 if soak else 1):
+            time.sleep(rng.uniform(1.0, 2.5))
+            if fault == "gateway":
+                gateway.signal_group(signal.SIGKILL)
+                gateway.wait(30)
+                gateway = start_streaming(postgres, pg_database, tmp_path, profile)
+            else:
+                name = "source" if fault == "source" else f"worker-{rng.randrange(2)}"
+                os.kill(gateway.child(name), signal.SIGKILL)
+        writer.join(300)
+        assert not writer.is_alive()
+
+        def all_rows() -> bool:
+            return len(set(read_committed(kafka_cluster.client_config(), topic).sequences)) >= total
+        wait_for(all_rows, 300, f"all {total} rows in Kafka", interval=2)
+        assert gateway.stop() == 0
+    finally:
+        release(postgres, pg_database)
+    verify(kafka_cluster.client_config(), topic, total)
+
+
+def _write_rows(dsn: str, total: int, duration_s: float) -> None:
+    """Commit rows 1..total of ``seqs``, 10 per transaction, paced over ``duration_s``."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    started = time.monotonic()
+    with conn.cursor() as cur:
+        for tx, first in enumerate(range(1, total + 1, 10)):
+            cur.execute("INSERT INTO seqs SELECT g, repeat('p', 100) FROM generate_series(%s, %s) g",
+                        (first, min(first + 9, total)))
+            delay = started + (tx + 1) * duration_s / (total / 10) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    conn.close()
