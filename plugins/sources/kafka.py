@@ -86,8 +86,8 @@ class KafkaSource(Source):
 
     **Errors.** ``open()`` fails within ``connect_timeout`` naming the brokers when none answers,
     and at once on a SASL or TLS failure. A missing topic is waited for: logged as a warning (at
-    most every 10 s) and consumed once it exists (librdkafka looks again every
-    ``topic.metadata.refresh.interval.ms``). Not being authorized for a topic or the group, or a
+    most every 10 s) and consumed once it exists: the consumer looks for new topics every 10 s
+    (``topic.metadata.refresh.interval.ms``, librdkafka's default 5 min). Not being authorized for a topic or the group, or a
     fatal consumer error, raises :class:`KafkaSourceError` from ``read``.
     """
 

@@ -24,6 +24,11 @@ OWNED_KEYS = {
 """librdkafka settings the Kafka source sets itself, and why a pass-through block may not."""
 
 
+METADATA_REFRESH_MS = 10_000
+"""How often the consumer looks for topics created since (a missing topic, a new ``topic_pattern``
+match); librdkafka's own default is 5 min."""
+
+
 def check_passthrough(settings: dict[str, Any]) -> dict[str, Any]:
     """Validate a ``consumer`` pass-through block: no callbacks, none of :data:`OWNED_KEYS`."""
     for key in sorted(settings):
@@ -37,7 +42,8 @@ def check_passthrough(settings: dict[str, Any]) -> dict[str, Any]:
 def consumer_settings(connection: dict[str, Any], group_id: str, start: str,
                       passthrough: dict[str, Any]) -> dict[str, Any]:
     """librdkafka settings of an at-least-once consumer: ``connection`` (from ``client_settings``),
-    the group, manual offset commits only, committed transactions only, then ``passthrough``.
+    the group, manual offset commits only, committed transactions only, new topics found within
+    :data:`METADATA_REFRESH_MS`, then ``passthrough``.
 
     ``start`` (``earliest``/``latest``) applies to partitions without a committed offset.
     """
@@ -49,6 +55,7 @@ def consumer_settings(connection: dict[str, Any], group_id: str, start: str,
         "isolation.level": "read_committed",
         "auto.offset.reset": start,
         "enable.partition.eof": False,
+        "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         **passthrough,
     }
 

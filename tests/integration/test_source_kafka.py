@@ -71,7 +71,7 @@ def envelope(i: int, **extra: Any) -> bytes:
 
 def open_source(cluster: Any, opened: list[kafka_source.KafkaSource], **keys: Any) -> kafka_source.KafkaSource:
     data = {"source": {"type": "kafka", "brokers": cluster.bootstrap_servers.split(","),
-                       "consumer": {"topic.metadata.refresh.interval.ms": 1000, **keys.pop("consumer", {})},
+                       "consumer": keys.pop("consumer", {}),
                        **keys}}
     source, _ = build("source", data, kafka_source)
     assert isinstance(source, kafka_source.KafkaSource)

@@ -61,7 +61,9 @@ def test_consumer_settings_commit_manually_and_read_committed_only() -> None:
     assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
     assert (conf["group.id"], conf["auto.offset.reset"]) == ("grp", "latest")
     assert conf["isolation.level"] == "read_uncommitted" and conf["fetch.max.bytes"] == 1000
-    assert consumer_settings({}, "g", "earliest", {})["isolation.level"] == "read_committed"
+    defaults = consumer_settings({}, "g", "earliest", {})
+    assert defaults["isolation.level"] == "read_committed"
+    assert defaults["topic.metadata.refresh.interval.ms"] == 10_000, "new and missing topics found within 10 s"
 
 
 def test_positions_name_partitions_as_topic_colon_partition() -> None:
