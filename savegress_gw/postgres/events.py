@@ -16,7 +16,9 @@ them and they are copied over.
 Schema changes are detected by comparing a Relation message with the cached one of the same
 relation id (PostgreSQL sends Relation messages again after reconnects and many catalog
 invalidations, so a message equal to the cache is no change): added columns are compatible;
-dropped, renamed or retyped columns and renamed tables are breaking. Each change is one ``DDL``
+dropped, renamed or retyped columns and renamed tables are breaking. The stream has no column
+numbers: a dropped and an added column at the same position with the same type count as a
+rename (a guess PostgreSQL's messages cannot confirm). Each change is one ``DDL``
 event with ``ddl_type`` and ``metadata.changes``. The cache is plain data
 (:meth:`ChangeBuilder.schemas`) so positions can carry it and a restarted source detects
 changes made while it was down.
@@ -62,7 +64,7 @@ def diff_relation(old: Relation, new: Relation) -> list[SchemaChange]:
     for name in list(dropped):
         index, column = before[name]
         twin = next((a for a in added if after[a][0] == index and _same_type(after[a][1], column)), None)
-        if twin is not None and len(old.columns) == len(new.columns):
+        if twin is not None:
             changes.append(SchemaChange("rename_column", {"from": name, "to": twin}))
             dropped.remove(name)
             added.remove(twin)

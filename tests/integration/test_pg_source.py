@@ -196,3 +196,99 @@ def test_stopping_with_sigterm_leaves_nothing_unconfirmed(postgres, db: str, tmp
     active, confirmed = slot_row(postgres, db, "gw_slot")
     assert not active and confirmed > commit_lsn  # the transaction's end, past its commit record
     assert len(events(tmp_path)) == 500
+
+
+def test_table_column_and_row_filters_are_pushed_into_the_publication(postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE SCHEMA shop")
+    sql("CREATE TABLE shop.orders (id int PRIMARY KEY, amount int, secret text, internal_note text)")
+    sql("CREATE TABLE shop.audit_log (id int PRIMARY KEY)")
+    sql("CREATE TABLE public.users (id int PRIMARY KEY, status text NOT NULL, email text)")
+    sql("CREATE UNIQUE INDEX users_identity ON public.users (id, status)")
+    sql("ALTER TABLE public.users REPLICA IDENTITY USING INDEX users_identity")  # the filter's column is in it
+    sql("CREATE TABLE public.sessions (id int PRIMARY KEY)")
+    profile = pg_profile(
+        postgres, db, tmp_path,
+        source={"tables": ["shop.*", "public.users"], "exclude_tables": ["*.audit_*"],
+                "columns": {"shop.orders": ["*", "!internal_*", "!secret"], "public.users": ["id", "status"]},
+                "row_filters": {"public.users": {"condition": "status = 'active'"}}})
+    start_streaming(postgres, db, tmp_path, profile)
+    published = postgres.execute("SELECT schemaname || '.' || tablename, attnames, rowfilter"
+                                 " FROM pg_publication_tables WHERE pubname = 'gw_pub' ORDER BY 1", dbname=db)
+    assert [(name, sorted(columns)) for name, columns, _ in published] == [
+        ("public.users", ["id", "status"]), ("shop.orders", ["amount", "id"])]
+    assert "active" in published[0][2]
+    sql("INSERT INTO shop.orders VALUES (1, 10, 's', 'n')")
+    sql("INSERT INTO shop.audit_log VALUES (1)")
+    sql("INSERT INTO public.sessions VALUES (1)")
+    sql("INSERT INTO public.users VALUES (1, 'active', 'a@x'), (2, 'blocked', 'b@x')")
+    sql("UPDATE public.users SET status = 'active' WHERE id = 2")  # now matches: arrives as an INSERT
+    sql("UPDATE public.users SET status = 'gone' WHERE id = 1")  # no longer matches: arrives as a DELETE
+    sql("INSERT INTO shop.orders VALUES (2, 20, 's', 'n')")
+    found = wait_events(tmp_path, lambda e: any(x["table"] == "orders" and x["after"]["id"] == 2 for x in e))
+    assert [(e["table"], e["operation"], e["after"] or e["before"]) for e in found] == [
+        ("orders", "INSERT", {"id": 1, "amount": 10}),
+        ("users", "INSERT", {"id": 1, "status": "active"}),
+        ("users", "INSERT", {"id": 2, "status": "active"}),
+        ("users", "DELETE", {"id": 1, "status": "active"}),  # the old identity
+        ("orders", "INSERT", {"id": 2, "amount": 20}),
+    ]
+
+
+def test_schema_changes_become_ddl_events_and_block_waits_for_approval(postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE t (id int PRIMARY KEY, a text, b int, c text)")
+    profile = pg_profile(postgres, db, tmp_path, schema={"evolution": {"compatible_changes": "warn",
+                                                                          "breaking_changes": "block"}})
+    start_streaming(postgres, db, tmp_path, profile)
+    sql("INSERT INTO t VALUES (1, 'a', 1, 'c')")
+    sql("ALTER TABLE t ADD COLUMN d text")
+    sql("INSERT INTO t VALUES (2, 'a', 2, 'c', 'd')")
+    found = wait_events(tmp_path, lambda e: any(x["operation"] == "INSERT" and x["after"]["id"] == 2 for x in e),
+                        operations=("INSERT", "DDL"))
+    ddl = [e for e in found if e["operation"] == "DDL"]
+    assert len(ddl) == 1 and ddl[0]["ddl_type"] == "ALTER_TABLE" and ddl[0]["table"] == "t"
+    assert ddl[0]["metadata"]["changes"] == [{"change": "add_column", "column": "d", "type_oid": 25, "typmod": -1}]
+    assert ddl[0]["metadata"]["breaking"] is False
+    assert found[-1]["after"] == {"id": 2, "a": "a", "b": 2, "c": "c", "d": "d"}
+
+    sql("ALTER TABLE t RENAME COLUMN a TO a2")
+    sql("ALTER TABLE t DROP COLUMN c")
+    sql("ALTER TABLE t ALTER COLUMN b TYPE bigint")
+    sql("INSERT INTO t VALUES (3, 'x', 3, 'd')")
+    marker = tmp_path / "checkpoints" / "pgtest.schema-blocked.json"
+    from tests.harness.gateway import wait_for
+
+    wait_for(marker.exists, 90, "the pipeline to block on the breaking change")
+    assert "rename_column" in marker.read_text()
+    assert not any(e["operation"] == "INSERT" and e["after"]["id"] == 3 for e in events(tmp_path, ("INSERT",)))
+    marker.unlink()  # approve
+    found = wait_events(tmp_path, lambda e: any(x["operation"] == "INSERT" and x["after"]["id"] == 3 for x in e),
+                        operations=("INSERT", "DDL"))
+    changes = [c for e in found if e["operation"] == "DDL" for c in e["metadata"]["changes"]]
+    assert {"change": "rename_column", "from": "a", "to": "a2"} in changes
+    assert {"change": "drop_column", "column": "c"} in changes
+    assert any(c["change"] == "type_change" and c["column"] == "b" and c["to_type_oid"] == 20 for c in changes)
+    assert found[-1]["after"] == {"id": 3, "a2": "x", "b": 3, "d": "d"}
+
+
+def test_heartbeats_advance_an_idle_slot_while_other_databases_write(postgres, db: str, tmp_path: Path) -> None:
+    from tests.harness.gateway import wait_for
+
+    _sql(postgres, db)("CREATE TABLE t (id int PRIMARY KEY)")
+    profile = pg_profile(postgres, db, tmp_path, source={"heartbeat_enabled": True, "heartbeat_interval_seconds": 1})
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+    beats = wait_events(tmp_path, lambda e: len(e) >= 2, operations=("HEARTBEAT",))
+    assert beats[0]["metadata"]["slot"] == "gw_slot" and beats[0]["metadata"]["latency_ms"] >= 0
+    postgres.execute("CREATE TABLE IF NOT EXISTS elsewhere (n int)")  # WAL of another database
+    postgres.execute("INSERT INTO elsewhere SELECT generate_series(1, 50000)")
+    target = int(postgres.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
+    wait_for(lambda: slot_row(postgres, db, "gw_slot")[1] >= target, 90, "the idle slot to move past other WAL")
+    checkpoint = tmp_path / "checkpoints" / "pgtest.json"
+    import json
+
+    wait_for(lambda: str_to_lsn(json.loads(checkpoint.read_text())["position"]["end_lsn"]) >= target, 60,
+             "the checkpoint to follow the heartbeats")
+    assert gateway.metric("savegress_replication_slot_lag_bytes") >= 0
+    assert gateway.metric("savegress_replication_lag_seconds") >= 0
+    assert len(events(tmp_path)) == 0  # no row events were invented
