@@ -6,7 +6,9 @@ generator source (``after.seq`` 1..N) and the webhook output pointed at a
 accounts for every event: it is in the receiver, or in the file dead-letter queue, or (only
 under a drop policy) counted as dropped; nothing else, nothing invented. Counters come from the
 supervisor's final ``gateway stopped`` line. The short versions run in CI; the ``soak`` ones
-(``--soak``) use the issue's durations: a 30 s outage and 60 s of 10x overload.
+(``--soak``) use the issue's durations: a 30 s outage and 60 s of 10x overload. The same
+scenarios against the other sinks that can fail: ``test_conformance_file.py`` (a tmpfs filled
+up: ENOSPC) and ``test_conformance_kafka.py`` (oversize records, a stopped broker).
 
 Memory bound. Every test samples the summed ``VmRSS`` of the gateway's process tree every 0.5 s
 and holds it under :data:`RSS_BOUND` (400 MB) and within :data:`RSS_GROWTH` (128 MB) of what the
