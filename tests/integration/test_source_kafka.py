@@ -8,7 +8,6 @@ committed offsets with a plain consumer.
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
