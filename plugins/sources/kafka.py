@@ -85,10 +85,11 @@ class KafkaSource(Source):
     ``consumer``) makes the consumer leave the group, and it rejoins on the next read.
 
     **Errors.** ``open()`` fails within ``connect_timeout`` naming the brokers when none answers,
-    and at once on a SASL or TLS failure. A missing topic is waited for: logged as a warning (at
-    most every 10 s) and consumed once it exists: the consumer looks for new topics every 10 s
-    (``topic.metadata.refresh.interval.ms``, librdkafka's default 5 min). Not being authorized for a topic or the group, or a
-    fatal consumer error, raises :class:`KafkaSourceError` from ``read``.
+    and at once on a SASL or TLS failure. A missing topic is waited for: logged as a warning and
+    consumed once it exists (the consumer looks for new topics every 10 s,
+    ``topic.metadata.refresh.interval.ms``; librdkafka's default is 5 min). Not being authorized
+    for a topic or the group, or a fatal consumer error, raises :class:`KafkaSourceError` from
+    ``read``.
     """
 
     name = "kafka"
