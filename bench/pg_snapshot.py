@@ -38,10 +38,11 @@ INSERT INTO bench_rows
 SELECT g, now() - g * interval '1 second', now(), 'user' || g || '@example.com',
        'Name ' || md5(g::text), (array['new','active','closed'])[1 + g %% 3], g * 1.25,
        g / 7.0, g %% 2 = 0, array['alpha', 'beta', 'tag' || g %% 100],
-       jsonb_build_object('id', g, 'kind', 'order', 'items',
-                          jsonb_build_array(jsonb_build_object('sku', md5(g::text), 'qty', g %% 5),
-                                            jsonb_build_object('sku', md5((g + 1)::text), 'qty', 1)),
-                          'meta', jsonb_build_object('source', 'bench', 'hash', md5((g * 3)::text))),
+       jsonb_build_object(
+           'id', g, 'kind', 'order',
+           'items', jsonb_build_array(jsonb_build_object('sku', md5(g::text), 'qty', g %% 5),
+                                      jsonb_build_object('sku', md5((g + 1)::text), 'qty', 1)),
+           'meta', jsonb_build_object('source', 'bench', 'hash', md5((g * 3)::text))),
        repeat(md5((g * 7)::text), 5)
 FROM generate_series(1, %(rows)s) g;
 ANALYZE bench_rows;
@@ -67,13 +68,16 @@ def run(dsn: str, rows: int, batch_size: int) -> None:
         )
         (row_bytes,) = cur.fetchone()
     conn.close()
-    print(f"loaded {rows} rows (~{row_bytes} bytes of text each) in {time.perf_counter() - started:.1f}s")
+    elapsed = time.perf_counter() - started
+    print(f"loaded {rows} rows (~{row_bytes} bytes of text each) in {elapsed:.1f}s")
 
     exporter = psycopg2.connect(
         dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **connect_kwargs()
     )
     cursor = exporter.cursor()
-    cursor.execute("CREATE_REPLICATION_SLOT bench_snap TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+    cursor.execute(
+        "CREATE_REPLICATION_SLOT bench_snap TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+    )
     snapshot_name = cursor.fetchone()[2]
     try:
         for label, encode in (("read+convert", False), ("read+convert+orjson", True)):
@@ -91,7 +95,8 @@ def run(dsn: str, rows: int, batch_size: int) -> None:
             assert count == rows, f"read {count} of {rows} rows"
             print(
                 f"{label:>22}: {count / elapsed:>9,.0f} rows/s  "
-                f"{count * row_bytes / elapsed / 1e6:6.1f} MB/s  ({elapsed:.2f}s, batch {batch_size})"
+                f"{count * row_bytes / elapsed / 1e6:6.1f} MB/s  "
+                f"({elapsed:.2f}s, batch {batch_size})"
             )
     finally:
         exporter.close()

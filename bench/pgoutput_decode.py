@@ -43,7 +43,10 @@ def rate(label: str, count: int, work) -> None:
     started = time.process_time()
     work()
     elapsed = time.process_time() - started
-    print(f"{label:>28}: {count / elapsed:>10,.0f} /s  ({elapsed / count * 1e6:.2f} µs each, CPU time)")
+    print(
+        f"{label:>28}: {count / elapsed:>10,.0f} /s  "
+        f"({elapsed / count * 1e6:.2f} µs each, CPU time)"
+    )
 
 
 def main() -> None:

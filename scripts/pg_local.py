@@ -33,7 +33,8 @@ Contracts:
   the unix socket (short path: sockets are limited to 107 bytes). Outside ``DIR`` because the
   server's user must traverse every parent, and pytest resets ``/tmp/pytest-of-root`` to 0700 at
   each session start. ``DIR`` holds ``pg_local.json`` (port, binaries, home), ``postgres.log``
-  (server output, appended) and ``data``, a link to PGDATA. ``remove`` deletes the home.
+  (server output, appended) and ``data``, a link to PGDATA. ``remove`` deletes the home; a
+  ``start`` that creates a home first deletes orphans (see :func:`sweep_orphans`).
 * Clients use TCP on 127.0.0.1, on a port chosen once and kept across restarts. Server settings
   (command line, so they hold after every restart): ``wal_level=logical``,
   ``max_replication_slots=20``, ``max_wal_senders=20``, ``fsync=off``, ``synchronous_commit=off``,
@@ -41,8 +42,9 @@ Contracts:
 * ``start`` returns when ``postmaster.pid`` reports ``ready``; on failure it stops the server
   and raises :class:`PostgresStartError` with the log tail. Through the Python API
   (``detach=False``) the kernel SIGKILLs the postmaster when the thread that started it exits
-  (start it from the main thread or a long-lived one), and it is stopped at interpreter exit;
-  the CLI starts a detached server that outlives it.
+  (start it from the main thread or a long-lived one), and at interpreter exit it is stopped and
+  its files are removed (a throwaway); the CLI starts a detached server that outlives it and
+  keeps its files until ``stop --remove``.
 * ``stop`` signals the postmaster (smart: SIGTERM, fast: SIGINT, immediate: SIGQUIT, PostgreSQL's
   own shutdown modes) and waits until it has exited; ``crash`` is an immediate stop.
 
@@ -65,7 +67,6 @@ import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,9 @@ from typing import Any
 PG_OS_USER = "postgres"
 SUPERUSER = "postgres"
 STATE_FILE = "pg_local.json"
+HOME_ROOT = "/tmp"
+HOME_PREFIX = "sgpg-"
+OWNER_FILE = "owner"  # in a home: the directory whose pg_local.json names it
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 60.0
 LOG_TAIL_LINES = 40
@@ -177,6 +181,29 @@ def _os_user() -> pwd.struct_passwd | None:
         ) from exc
 
 
+def sweep_orphans(min_age: float = 600.0) -> list[Path]:
+    """Delete cluster homes left behind by processes that died before ``remove``: homes whose
+    owner directory no longer names them (pytest deletes old tmp dirs), whose server is not
+    running, and that are older than ``min_age`` seconds. Returns what was deleted."""
+    removed = []
+    for home in Path(HOME_ROOT).glob(f"{HOME_PREFIX}*"):
+        try:
+            owner = Path((home / OWNER_FILE).read_text())
+            if time.time() - home.stat().st_mtime < min_age:
+                continue
+            state_file = owner / STATE_FILE
+            if state_file.is_file() and json.loads(state_file.read_text()).get("home") == str(home):
+                continue
+            pid_file = home / "data" / "postmaster.pid"
+            if pid_file.is_file() and _pid_alive(int(pid_file.read_text().split("\n", 1)[0])):
+                continue
+        except (OSError, ValueError):
+            continue  # no owner file (not ours, or being created) or unreadable: leave it
+        shutil.rmtree(home, ignore_errors=True)
+        removed.append(home)
+    return removed
+
+
 def _give_to(path: Path, user: pwd.struct_passwd | None) -> None:
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -273,8 +300,11 @@ class LocalPostgres:
         user = _os_user()
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.home is None or not self.home.is_dir():
-            self.home = Path(tempfile.mkdtemp(prefix="sgpg-", dir="/tmp"))
+            sweep_orphans()
+            self.home = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=HOME_ROOT))
+            (self.home / OWNER_FILE).write_text(str(self.directory))
             _give_to(self.home, user)
+            self._write_state(bin_dir)
         if not (self.data_dir / "PG_VERSION").is_file():
             self._initdb(bin_dir, user)
         self._write_state(bin_dir)
@@ -298,7 +328,7 @@ class LocalPostgres:
                 **_run_as(user),
             )
         if not self.detach and not self._atexit_registered:
-            atexit.register(self._stop_at_exit)
+            atexit.register(self._remove_at_exit)
             self._atexit_registered = True
         try:
             self._wait_ready(time.monotonic() + self.start_timeout)
@@ -317,7 +347,8 @@ class LocalPostgres:
             cmd, capture_output=True, text=True, timeout=300, cwd=self.home, **_run_as(user)
         )
         if proc.returncode != 0:
-            raise PostgresStartError(f"initdb failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+            output = proc.stdout + proc.stderr
+            raise PostgresStartError(f"initdb failed ({proc.returncode}):\n{output}")
 
     def _wait_ready(self, deadline: float) -> None:
         """Until postmaster.pid's status line says ``ready`` (what ``pg_ctl -w`` waits for)."""
@@ -330,10 +361,13 @@ class LocalPostgres:
                 )
             with contextlib.suppress(OSError, ValueError):
                 lines = pid_file.read_text().splitlines()
-                if int(lines[0]) == self._proc.pid and len(lines) >= 8 and lines[7].strip() == "ready":
+                ours = int(lines[0]) == self._proc.pid
+                if ours and len(lines) >= 8 and lines[7].strip() == "ready":
                     return
             if time.monotonic() >= deadline:
-                raise PostgresStartError(f"not ready after {self.start_timeout}s:\n{self.log_tail()}")
+                raise PostgresStartError(
+                    f"not ready after {self.start_timeout}s:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
 
     def stop(self, mode: str = "fast", timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
@@ -378,9 +412,9 @@ class LocalPostgres:
         self.stop(mode)
         return self.start()
 
-    def _stop_at_exit(self) -> None:
+    def _remove_at_exit(self) -> None:
         with contextlib.suppress(Exception):
-            self.stop("immediate", timeout=10)
+            self.remove()
 
     def __enter__(self) -> LocalPostgres:
         return self.start()
@@ -397,7 +431,11 @@ class LocalPostgres:
     # -- clients
 
     def dsn(
-        self, user: str = SUPERUSER, dbname: str = "postgres", password: str | None = None, **extra: str
+        self,
+        user: str = SUPERUSER,
+        dbname: str = "postgres",
+        password: str | None = None,
+        **extra: str,
     ) -> str:
         """A libpq keyword DSN for TCP on 127.0.0.1; ``extra`` adds keywords (e.g. options)."""
         params: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "user": user,
@@ -495,7 +533,9 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Throwaway local PostgreSQL with wal_level=logical.")
+    parser = argparse.ArgumentParser(
+        description="Throwaway local PostgreSQL with wal_level=logical."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install", help="apt-get install postgresql unless installed").set_defaults(
         func=_cmd_install

@@ -222,7 +222,7 @@ class SnapshotReader:
             types: dict[int, TypeInfo] = {}
             if oids:
                 cur.execute(_TYPES_SQL, (oids,))
-                types = {oid: TypeInfo(oid, namespace, type_name) for oid, namespace, type_name in cur}
+                types = {oid: TypeInfo(oid, namespace, typname) for oid, namespace, typname in cur}
         relid, replident = rows[0][0], rows[0][1]
         with self._conn.cursor() as cur:
             cur.execute(_KEYS_SQL, (relid,))
@@ -285,7 +285,9 @@ class SnapshotReader:
                 for start in range(0, len(batch), batch_size):  # one slice unless unordered
                     yield batch[start : start + batch_size]
 
-    def _fetch(self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None) -> list[bytes]:
+    def _fetch(
+        self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None
+    ) -> list[bytes]:
         """One COPY: the rows (lines of text format) after ``after`` in key order, at most
         ``limit`` of them (None: the whole table)."""
         chunks = _Chunks()

@@ -170,7 +170,9 @@ def parse_array(text: str, convert: Converter = _text, delimiter: str = ",") -> 
         # PostgreSQL quotes elements with spaces, so unquoted ones need no stripping
         items: list[Any] = text[1:-1].split(delimiter)
         if convert is _text:
-            return [None if item == "NULL" else item for item in items] if "NULL" in items else items
+            if "NULL" not in items:
+                return items
+            return [None if item == "NULL" else item for item in items]
         return [None if item == "NULL" else convert(item) for item in items]
     return _parse_nested(text, convert, delimiter)
 
@@ -323,8 +325,10 @@ class RowDecoder:
         try:
             for index in self.key_indexes:
                 value = values[index]
-                if value is not UNCHANGED_TOAST:
-                    row[self.names[index]] = None if value is None else self.converters[index](value)  # type: ignore[arg-type]
+                if value is None:
+                    row[self.names[index]] = None
+                elif value is not UNCHANGED_TOAST:
+                    row[self.names[index]] = self.converters[index](value)  # type: ignore[arg-type]
         except (ValueError, TypeError, IndexError) as exc:
             raise self._conversion_error(values, exc) from exc
         return row

@@ -61,7 +61,9 @@ def capture(
                 cur.execute(statement)
             cur.execute(f"CREATE PUBLICATION capture_pub FOR {publication_tables}")
         rcur = repl.cursor()
-        rcur.execute("CREATE_REPLICATION_SLOT capture_slot TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')")
+        rcur.execute(
+            "CREATE_REPLICATION_SLOT capture_slot TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')"
+        )
         rcur.fetchone()
         with sql.cursor() as cur:
             for statement in statements:

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def changes(messages: list) -> list:
-    return [m for m in messages if isinstance(m, (Insert, Update, Delete, Truncate, LogicalMessage))]
+    kinds = (Insert, Update, Delete, Truncate, LogicalMessage)
+    return [m for m in messages if isinstance(m, kinds)]
 
 
 def relations(messages: list) -> dict[int, Relation]:
@@ -66,7 +67,10 @@ def test_update_and_delete_under_default_identity(postgres, pg_database) -> None
         postgres, pg_database,
         ["UPDATE t SET v = 'b' WHERE id = 1", "UPDATE t SET id = 10 WHERE id = 2",
          "DELETE FROM t WHERE id = 10"],
-        setup=["CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a'), (2, 'x')"],
+        setup=[
+            "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'x')",
+        ],
     )
     assert changes(messages) == [
         Update(rel := changes(messages)[0].relid, None, None, ("1", "b")),

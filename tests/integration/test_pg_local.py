@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,3 +136,28 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
     assert home is not None and home.is_dir()
     removed = subprocess.run([*script, "stop", "--remove", "--dir", directory], capture_output=True)
     assert removed.returncode == 0 and not home.exists()
+
+
+def test_orphaned_homes_are_swept(tmp_path: Path) -> None:
+    import json
+    import os
+    import tempfile
+
+    def home(owner: Path, age: float) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=pg_local.HOME_PREFIX, dir=pg_local.HOME_ROOT))
+        (path / pg_local.OWNER_FILE).write_text(str(owner))
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    gone = home(tmp_path / "deleted", age=3600)
+    young = home(tmp_path / "deleted-too", age=0)
+    (tmp_path / "kept").mkdir()
+    named = home(tmp_path / "kept", age=3600)
+    (tmp_path / "kept" / pg_local.STATE_FILE).write_text(json.dumps({"home": str(named)}))
+    try:
+        removed = pg_local.sweep_orphans()
+        assert gone in removed and not gone.exists()
+        assert young.exists() and named.exists()
+    finally:
+        for path in (gone, young, named):
+            shutil.rmtree(path, ignore_errors=True)

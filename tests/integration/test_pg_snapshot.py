@@ -28,7 +28,9 @@ class Slot:
             dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **connect_kwargs()
         )
         self.cur = self.conn.cursor()
-        self.cur.execute("CREATE_REPLICATION_SLOT snap_slot TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+        self.cur.execute(
+            "CREATE_REPLICATION_SLOT snap_slot TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        )
         _, consistent_point, self.snapshot_name, _ = self.cur.fetchone()
         assert self.snapshot_name
 
@@ -69,7 +71,9 @@ def read_all(reader: SnapshotReader, table, **kwargs) -> list:
     return [item for batch in reader.iter_table(table, **kwargs) for item in batch]
 
 
-def test_snapshot_is_the_exported_state_and_the_stream_continues_it(postgres, pg_database, db) -> None:
+def test_snapshot_is_the_exported_state_and_the_stream_continues_it(
+    postgres, pg_database, db
+) -> None:
     run(
         db,
         "CREATE TABLE acc (id int PRIMARY KEY, owner text, balance numeric(12,2), doc jsonb)",
@@ -198,7 +202,8 @@ def test_escaped_text_round_trips(postgres, pg_database, db) -> None:
 
 
 def test_an_unknown_or_expired_snapshot_is_a_clear_error(postgres, pg_database) -> None:
-    with pytest.raises(SnapshotError, match="cannot import snapshot '00000003-0000FFFF-1'.*invalid"):
+    unknown = "cannot import snapshot '00000003-0000FFFF-1'.*invalid"
+    with pytest.raises(SnapshotError, match=unknown):
         SnapshotReader(postgres.dsn(dbname=pg_database), "00000003-0000FFFF-1")
     slot = Slot(postgres.dsn(dbname=pg_database))
     name = slot.snapshot_name
@@ -209,3 +214,28 @@ def test_an_unknown_or_expired_snapshot_is_a_clear_error(postgres, pg_database) 
             SnapshotReader(postgres.dsn(dbname=pg_database), name)
     finally:
         slot.close()
+
+
+def test_several_readers_share_one_exported_snapshot(postgres, pg_database, db) -> None:
+    run(
+        db,
+        "CREATE TABLE a (id int PRIMARY KEY, v int)",
+        "CREATE TABLE b (id int PRIMARY KEY, v int)",
+        "INSERT INTO a SELECT g, g FROM generate_series(1, 100) g",
+        "INSERT INTO b SELECT g, -g FROM generate_series(1, 50) g",
+    )
+    slot = Slot(postgres.dsn(dbname=pg_database))
+    try:
+        readers = [SnapshotReader(postgres.dsn(dbname=pg_database), slot.snapshot_name)
+                   for _ in range(2)]
+    finally:
+        slot.close()  # the importers keep the snapshot for their whole transaction
+    run(db, "DELETE FROM a", "INSERT INTO b VALUES (51, 0)")
+    try:
+        a = read_all(readers[0], ("public", "a"), batch_size=30)
+        b = read_all(readers[1], ("public", "b"), batch_size=30)
+    finally:
+        for reader in readers:
+            reader.close()
+    assert [row["v"] for row, _ in a] == list(range(1, 101))
+    assert [row["v"] for row, _ in b] == [-g for g in range(1, 51)]
