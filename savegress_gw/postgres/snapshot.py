@@ -17,8 +17,10 @@ output function, exactly as the walsender prints them); ``pk`` is the tuple of t
 columns' text forms. Rows come in primary key order, each batch is one ``COPY (SELECT … WHERE
 (pk) > (after) ORDER BY pk LIMIT batch_size)``, so a reader restarted with the last ``pk`` it
 handed out continues right after it. A table without a primary key is ordered by its replica
-identity index if it has one, else read unordered with ``pk == ()`` (and cannot be resumed:
-``after_pk`` raises ``ValueError``). Generated columns are skipped, as pgoutput skips them.
+identity index if it has one, else read unordered with ``pk == ()`` in a single COPY held in
+memory (and cannot be resumed: ``after_pk`` raises ``ValueError``). Generated columns are
+skipped, as pgoutput skips them. While a batch is handed out, the next one is already being
+fetched on a helper thread (the connection is used by one thread at a time).
 
 One reader is one connection and reads sequentially; several readers may import the same
 snapshot to read tables in parallel.
