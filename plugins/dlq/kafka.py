@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from pydantic import Field, field_validator
 
@@ -37,6 +36,7 @@ from savegress_gw.deadletter.topic import H_ATTEMPTS, H_ERROR_CLASS, H_FIRST_FAI
     H_ORIGINAL_TOPIC, H_REASON, TopicStore
 from savegress_gw.envelope import now_iso
 from savegress_gw.errors import GatewayError
+from savegress_gw.kafka.client_errors import ClientErrors
 from savegress_gw.kafka.codec import codec_settings
 from savegress_gw.kafka.connection import Brokers, SaslOptions, TlsOptions, admin_settings, client_settings, \
     wait_connected
@@ -183,9 +183,8 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         super().__init__(config)
         self._producer: Producer | None = None
         self._conf: dict[str, Any] = {}
-        self._fatal: str | None = None
-        self._open_errors: list[KafkaError] = []
-        self._opening = False
+        self._errors: ClientErrors | None = None
+        """The current producer's error_cb (a replaced producer gets a new one)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,10 +207,9 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             "allow.auto.create.topics": False,
         }
         min_isr = profile.replication.min_isr if profile is not None else None
-        self._opening, self._open_errors = True, []
         try:
-            producer = self._new_producer()
-            metadata = wait_connected(producer, target.brokers, self._open_errors, cfg.timeout, _LABEL, "dlq.timeout")
+            producer, errors = self._new_producer(opening=True)
+            metadata = wait_connected(producer, target.brokers, errors.open_errors, cfg.timeout, _LABEL, "dlq.timeout")
             admin = AdminClient({**admin_settings(self._conf), "logger": LibrdkafkaLog(self._limited)})
             created = False
             if target.topics.create:
@@ -230,18 +228,22 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             self._producer = None
             raise
         finally:
-            self._opening, self._open_errors = False, []
+            if self._errors is not None:
+                self._errors.opening = False
+                self._errors.open_errors.clear()
         self._reader = self.store(profile, self._log)
         self._log.info("kafka dead-letter topic ready", created=created, max_record_size=cfg.max_record_size)
 
-    def _new_producer(self) -> Producer:
+    def _new_producer(self, opening: bool = False) -> tuple[Producer, ClientErrors]:
+        """A producer with its own :class:`ClientErrors` (collecting while ``opening``)."""
+        errors = ClientErrors(self._limited, "kafka dead-letter producer failed fatally")
+        errors.opening = opening
         try:
-            self._producer = Producer({**self._conf, "error_cb": self._on_error,
-                                       "logger": LibrdkafkaLog(self._limited)})
+            self._producer = Producer({**self._conf, "error_cb": errors, "logger": LibrdkafkaLog(self._limited)})
         except (KafkaException, ValueError, TypeError) as exc:
             raise KafkaDlqError(f"{_LABEL}: invalid producer configuration: {describe(exc)}") from None
-        self._fatal = None
-        return self._producer
+        self._errors = errors
+        return self._producer, errors
 
     def _check_record_limit(self, admin: AdminClient) -> None:
         """Warn when the existing topic's ``max.message.bytes`` is below ``max_record_size``."""
@@ -284,15 +286,17 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             return
         producer = self._producer
         assert producer is not None, "open() first"
-        if self._fatal is not None:
-            self._log.warning("replacing the dead-letter producer after a fatal error", error=self._fatal)
-            producer = self._new_producer()
+        assert self._errors is not None
+        if self._errors.fatal is not None:
+            self._log.warning("replacing the dead-letter producer after a fatal error", error=self._errors.fatal)
+            producer, _ = self._new_producer()
         topic, timeout = self._target.topic, self.config.timeout
         parked = now_iso()
         common = [(H_REASON, reason), (H_ERROR_CLASS, error_class(reason)), (H_ATTEMPTS, str(attempts)),
                   (H_FIRST_FAILURE, parked), (H_LAST_FAILURE, parked), (H_ORIGIN, origin)]
         outcomes: list[Outcome] = []
-        delivery = BatchDelivery(n, outcomes.append, ("max_record_size", self.config.max_record_size))
+        delivery = BatchDelivery(n, outcomes.append, ("max_record_size", self.config.max_record_size),
+                                 keys=batch.keys, values=batch.payloads)
         deadline = time.monotonic() + timeout
         for i, original in enumerate(self._original_topics(batch)):
             headers = [*event_headers(batch, i), *common, (H_ORIGINAL_TOPIC, original)]
@@ -318,7 +322,7 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         topic, payload, key = self._target.topic, batch.payloads[i], batch.keys[i]
         while True:
             try:
-                producer.produce(topic, payload, key, on_delivery=partial(delivery.report, i), headers=headers)
+                producer.produce(topic, payload, key, on_delivery=delivery.report, headers=headers)
                 return True
             except BufferError:
                 if time.monotonic() >= deadline:
@@ -347,18 +351,6 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
                 topic = cache[key] = output.topic if topic_problem(topic) else topic
             topics.append(topic)
         return topics
-
-    def _on_error(self, err: KafkaError) -> None:
-        """librdkafka's error_cb: remembered while opening, fatal ones replace the producer at the next put."""
-        if err.fatal() and self._fatal is None:
-            self._fatal = f"{err.name()}: {err.str()}"
-            self._log.error("kafka dead-letter producer failed fatally", code=err.name(), reason=err.str())
-        if self._opening:
-            if len(self._open_errors) < 100:
-                self._open_errors.append(err)
-        elif not err.fatal():
-            self._limited.emit("warning", ("error", err.code()), "kafka client error", code=err.name(),
-                               reason=err.str())
 
 
 @hookimpl
