@@ -4,7 +4,9 @@ Starts a throwaway PostgreSQL (scripts/pg_local.py) unless ``--dsn`` is given, l
 rows of 12 mixed columns (bigint, timestamptz, text, numeric, float8, bool, text[], jsonb; about
 600 bytes of text per row), creates a replication slot exporting its snapshot (as the source
 does), and reads the whole table through ``SnapshotReader.iter_table`` into JSON-ready dicts.
-Prints rows/s and MB/s (text bytes), and rows/s including ``orjson.dumps`` of every row.
+Prints rows/s and MB/s (text bytes), and rows/s including ``orjson.dumps`` of every row, with
+the CPU seconds of the reading process and of its server backend (on a busy machine wall-clock
+rows/s mostly measures the wait for a core).
 
     python bench/pg_snapshot.py [--rows 300000] [--batch-size 10000] [--dsn DSN]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -49,6 +52,13 @@ ANALYZE bench_rows;
 """
 
 
+def backend_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a server backend on this host (/proc), to tell CPU cost from
+    waiting on a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_pg_local():
     spec = importlib.util.spec_from_file_location("pg_local", REPO / "scripts" / "pg_local.py")
     module = importlib.util.module_from_spec(spec)
@@ -82,8 +92,11 @@ def run(dsn: str, rows: int, batch_size: int) -> None:
     try:
         for label, encode in (("read+convert", False), ("read+convert+orjson", True)):
             reader = SnapshotReader(dsn, snapshot_name)
+            backend = reader._conn.get_backend_pid()
             count = 0
             encoded = 0
+            server_cpu = backend_cpu_seconds(backend)
+            client_cpu = time.process_time()
             started = time.perf_counter()
             for batch in reader.iter_table(("public", "bench_rows"), batch_size=batch_size):
                 count += len(batch)
@@ -91,12 +104,15 @@ def run(dsn: str, rows: int, batch_size: int) -> None:
                     for row, _ in batch:
                         encoded += len(orjson.dumps(row))
             elapsed = time.perf_counter() - started
+            client_cpu = time.process_time() - client_cpu
+            server_cpu = backend_cpu_seconds(backend) - server_cpu
             reader.close()
             assert count == rows, f"read {count} of {rows} rows"
             print(
                 f"{label:>22}: {count / elapsed:>9,.0f} rows/s  "
                 f"{count * row_bytes / elapsed / 1e6:6.1f} MB/s  "
-                f"({elapsed:.2f}s, batch {batch_size})"
+                f"({elapsed:.2f}s, batch {batch_size}); CPU: client {client_cpu:.2f}s "
+                f"({count / client_cpu:,.0f} rows/s), server backend {server_cpu:.2f}s"
             )
     finally:
         exporter.close()
