@@ -3,6 +3,7 @@
 A sequenced input topic (``after.seq`` 1..N, keyed, 4 partitions) is read by a real gateway process
 tree while a worker and then the whole gateway are SIGKILLed; the restarted gateway must deliver
 every sequence number to the output topic, with duplicates bounded by what was in flight.
+Malformed records at the head of the input are skipped and counted as rejected.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ RATE = 10_000
 BUFFER = 2048
 CHECKPOINT_S = 0.2
 PARTITIONS = 4
+MALFORMED = [b"{not json", orjson.dumps({"table": "users"}), orjson.dumps({"operation": "INSERT"})]
+"""Records at the head of partition 0 that are no valid envelope: skipped and counted, not delivered."""
 
 
 def produce_input(cluster: Any, topic: str) -> None:
@@ -36,6 +39,8 @@ def produce_input(cluster: Any, topic: str) -> None:
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
     producer = Producer({**cluster.client_config(), "enable.idempotence": True, "linger.ms": 20})
     errors: list[Any] = []
+    for malformed in MALFORMED:
+        producer.produce(topic, malformed, partition=0)
     for seq in range(1, COUNT + 1):
         envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
                     "after": {"id": seq % 997, "seq": seq}}
@@ -114,6 +119,7 @@ def test_worker_and_gateway_sigkills_lose_nothing_and_duplicate_only_the_in_flig
     try:
         gateway.wait_ready(90)
         wait_for(lambda: output_ends(kafka_cluster, output_topic) > 10_000, 120, "10,000 events in the output")
+        assert gateway.metric("savegress_events_dropped_total", 'reason="rejected"') == len(MALFORMED)
         initial = sorted(gateway.workers())  # the source process is spawned first
         os.kill(initial[-1], signal.SIGKILL)
         wait_for(lambda: "child exited, replacing it" in gateway.stderr(), 30, "the worker to be replaced")
