@@ -298,15 +298,18 @@ def test_pause_holds_records_back_until_resume(cluster: Any, opened: list) -> No
     assert [e["after"]["seq"] for e in events_of(read_until(source, 1))] == [2]
 
 
-def test_a_rebalance_splits_partitions_and_commits_only_what_a_member_owns(cluster: Any, opened: list) -> None:
+@pytest.mark.parametrize("strategy", ["range,roundrobin", "cooperative-sticky"])
+def test_a_rebalance_splits_partitions_and_commits_only_what_a_member_owns(cluster: Any, opened: list,
+                                                                          strategy: str) -> None:
     topic, group = unique("src-rebalance"), unique("grp")
     create_topic(cluster, topic, 4)
     for partition in range(4):
         produce(cluster, topic, [(None, envelope(partition * 100 + i)) for i in range(5)], partition=partition)
-    first = open_source(cluster, opened, topics=[topic], group_id=group)
+    consumer = {"partition.assignment.strategy": strategy}
+    first = open_source(cluster, opened, topics=[topic], group_id=group, consumer=consumer)
     before = read_until(first, 20)[-1].position
     assert set(before) == {f"{topic}:{p}" for p in range(4)}
-    second = open_source(cluster, opened, topics=[topic], group_id=group)
+    second = open_source(cluster, opened, topics=[topic], group_id=group, consumer=consumer)
 
     def split() -> bool:
         first.read(100, 0.2)
