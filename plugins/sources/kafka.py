@@ -216,8 +216,8 @@ class KafkaSource(Source):
     # ------------------------------------------------------------------ reading
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
-        self._raise_failure()
         assert self._consumer is not None, "read() before open()"
+        self._raise_failure()
         messages = self._consumer.consume(max_events, timeout_s)
         if not messages:
             return None
