@@ -71,6 +71,11 @@ def parse_record_id(entry_id: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _within(low: int, high: int, offsets: list[int]) -> tuple[int, int]:
+    """The part of ``low..high`` that holds ``offsets`` (empty when there are none)."""
+    return (max(low, min(offsets)), min(high, max(offsets) + 1)) if offsets else (low, low)
+
+
 class TopicStore:
     """Reads and removes the entries of a Kafka dead-letter topic (see the module docstring).
 
@@ -107,7 +112,7 @@ class TopicStore:
                 if (partition, offset) in removed or not low <= offset < high:
                     self._log.warning("dead-letter entry not found (removed, replayed or purged)",
                                       id=record_id(partition, offset))
-            ranges = {p: (low, high) for p, (low, high) in ranges.items() if any(w[0] == p for w in wanted)}
+            ranges = {p: _within(low, high, [o for q, o in wanted if q == p]) for p, (low, high) in ranges.items()}
         for partition, offset, message in self._read(self.topic, ranges):
             if (partition, offset) in removed or (wanted is not None and (partition, offset) not in wanted):
                 continue
