@@ -26,21 +26,24 @@ class Batcher:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._pending = Batch.empty()
+        self._start = 0  # events of _pending before this index were taken; empty when all were
         self._first_at: float | None = None
         self.taken = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) - self._start
 
     def add(self, batch: Batch, now: float | None = None) -> None:
         if not batch:
             return
         if self._first_at is None:
             self._first_at = time.monotonic() if now is None else now
+        if self._start:  # drop what was taken before growing (at most one batch's worth is left)
+            self._pending, self._start = self._pending.slice(self._start, len(self._pending)), 0
         self._pending.extend(batch)
 
     def ready(self, now: float) -> bool:
-        return len(self._pending) >= self.max_size or (
+        return len(self) >= self.max_size or (
             self._first_at is not None and now - self._first_at >= self.max_wait_s
         )
 
@@ -51,13 +54,16 @@ class Batcher:
     def take(self, now: float, force: bool = False) -> Batch | None:
         if not self._pending or not (force or self.ready(now)):
             return None
-        size = self.max_size
-        batch = self._pending.slice(0, size) if len(self._pending) > size else self._pending
-        if batch is self._pending:
-            self._pending = Batch.empty()
+        pending, start, end = self._pending, self._start, len(self._pending)
+        if start == 0 and end <= self.max_size:
+            batch = pending
+        else:  # slices from a cursor: taking many batches from a long pending run copies each event once
+            stop = min(start + self.max_size, end)
+            batch, self._start = pending.slice(start, stop), stop
+        if len(batch) == end - start:
+            self._pending, self._start = Batch.empty(), 0
             self._first_at = None
         else:
-            self._pending = self._pending.slice(size, len(self._pending))
             self._first_at = now  # the remainder has waited, but keep latency bounded by sending it next
         self.taken += len(batch)
         return batch
