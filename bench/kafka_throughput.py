@@ -1,15 +1,19 @@
 """Kafka: the gateway against a raw confluent-kafka producer on the same local broker, and latency.
 
-1. Raw producer loop: pre-built ~300-byte records, ``acks=all``, lz4, idempotent, delivery
-   callbacks counted; events/s until the last delivery report.
+1. Raw producer loop: pre-built records, ``acks=all``, lz4, idempotent, one shared delivery
+   callback counting reports, ``poll(0)`` after each record. The records are the very events the
+   gateway's generator makes (same keys and ~275-byte JSON values, so the same compression ratio),
+   built before the loop starts. Run twice: bare (key and value only: what the issue compares
+   against) and with the gateway's four ``savegress-*`` headers pre-built too (the same records
+   the gateway writes).
 2. The gateway: generator source → Kafka sink with the same settings (1 worker).
-   Both rates are measured between the first and the last broker append of the run's topic
+   All rates are measured between the first and the last broker append of the run's topic
    (LogAppendTime): streaming rate, without either side's start-up and shutdown.
 3. End-to-end latency, event creation (the envelope timestamp) to broker append time
    (``message.timestamp.type=LogAppendTime``): the low-latency profile at 5,000 events/s and the
    ultra-low-latency profile at 1,000 events/s, p50/p99.
 
-    python bench/kafka_throughput.py [--events 500000] [--bootstrap host:port]
+    python bench/kafka_throughput.py [--events 500000] [--repeat 3] [--bootstrap host:port] [--no-latency]
 
 Without ``--bootstrap`` it starts a 1-node Apache Kafka from scripts/kafka_local.py (fetched jars).
 """
@@ -37,7 +41,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from kafka_local import LocalKafkaCluster  # noqa: E402
 
 from savegress_gw.envelope import timestamp_ms  # noqa: E402
+from savegress_gw.kafka.headers import event_headers  # noqa: E402
+from savegress_gw.testing import make_context  # noqa: E402
+from savegress_gw_plugins.sources.generator import GeneratorSource  # noqa: E402
 from tests.harness.gateway import free_port  # noqa: E402
+
+Record = tuple[str, bytes, list[tuple[str, str]]]
 
 PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 5, "batch.size": 1_000_000,
             "enable.idempotence": True}
@@ -70,13 +79,24 @@ def append_rate(bootstrap: str, topic: str, events: int) -> float:
     return events / max((max(last) - min(first)) / 1000, 1e-3)
 
 
-def raw_producer(bootstrap: str, events: int) -> float:
+def prebuilt_records(events: int) -> list[Record]:
+    """(key, value, headers) of the events the gateway's generator makes for the same profile."""
+    source = GeneratorSource(GeneratorSource.Config(count=events, row_size=300))
+    source.open(make_context())
+    records: list[Record] = []
+    while not source.exhausted:
+        read = source.read(10_000, 0.0)
+        assert read is not None and read.encoded is not None
+        batch = read.encoded
+        records.extend(zip(batch.keys, batch.payloads, (event_headers(batch, i) for i in range(len(batch)))))
+    source.close()
+    return records
+
+
+def raw_producer(bootstrap: str, records: list[Record], headers: bool) -> float:
+    """Produce ``records`` (with their headers, or key and value only) in a plain loop."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic)
-    value = orjson.dumps({"id": "evt-1", "source": "bench", "schema": "public", "table": "users",
-                          "operation": "UPDATE", "timestamp": "2026-01-01T00:00:00.000000Z",
-                          "after": {"id": 1, "payload": "x" * 150}})
-    records = [(f"users:{i % 10_000}".encode(), value) for i in range(events)]
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     delivered = 0
 
@@ -85,17 +105,20 @@ def raw_producer(bootstrap: str, events: int) -> float:
         if err is None:
             delivered += 1
 
-    for key, val in records:
+    for key, value, record_headers in records:
         while True:
             try:
-                producer.produce(topic, val, key, on_delivery=on_delivery)
+                if headers:
+                    producer.produce(topic, value, key, on_delivery=on_delivery, headers=record_headers)
+                else:
+                    producer.produce(topic, value, key, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.01)
         producer.poll(0)
     producer.flush(60)
-    assert delivered == events, f"raw producer delivered {delivered} of {events}"
-    return append_rate(bootstrap, topic, events)
+    assert delivered == len(records), f"raw producer delivered {delivered} of {len(records)}"
+    return append_rate(bootstrap, topic, len(records))
 
 
 def run_gateway(profile: dict, workdir: Path) -> None:
@@ -160,7 +183,9 @@ def main() -> None:
     parser.add_argument("--bootstrap")
     parser.add_argument("--repeat", type=int, default=3,
                         help="alternate raw and gateway runs this many times and report the medians")
+    parser.add_argument("--no-latency", action="store_true", help="throughput only")
     args = parser.parse_args()
+    records = prebuilt_records(args.events)
     with tempfile.TemporaryDirectory(prefix="sg-kbench-") as tmp:
         workdir = Path(tmp)
         cluster = None
@@ -169,18 +194,27 @@ def main() -> None:
             cluster = LocalKafkaCluster(workdir / "kafka", 1).start()
             bootstrap = cluster.bootstrap_servers
         try:
-            print(f"kafka throughput, {args.events:,} ~300-byte events, acks=all, lz4, 1 broker on "
-                  f"{os.cpu_count()} cores, raw and gateway runs alternated {args.repeat}x:")
-            raws, gateways = [], []
+            print(f"kafka throughput, {args.events:,} ~275-byte generator events, acks=all, lz4, linger.ms 5, "
+                  f"1 broker on {os.cpu_count()} cores; raw, raw with headers and gateway alternated "
+                  f"{args.repeat}x:")
+            raws, headed, gateways = [], [], []
             for _ in range(args.repeat):  # alternating keeps a change of machine load from favouring one side
-                raws.append(raw_producer(bootstrap, args.events))
+                raws.append(raw_producer(bootstrap, records, headers=False))
+                headed.append(raw_producer(bootstrap, records, headers=True))
                 gateways.append(gateway_throughput(bootstrap, args.events, workdir))
-                print(f"  run: raw {raws[-1]:,.0f} events/s, gateway {gateways[-1]:,.0f} events/s "
-                      f"({gateways[-1] / raws[-1]:.2f}x)")
-            raw, gateway = statistics.median(raws), statistics.median(gateways)
+                print(f"  run: raw {raws[-1]:,.0f} events/s, raw with headers {headed[-1]:,.0f}, gateway "
+                      f"{gateways[-1]:,.0f} = {gateways[-1] / raws[-1]:.2f}x raw, "
+                      f"{gateways[-1] / headed[-1]:.2f}x raw with headers")
+            raw, raw_headed, gateway = map(statistics.median, (raws, headed, gateways))
             ratios = sorted(g / r for g, r in zip(gateways, raws))
-            print(f"  median: raw confluent-kafka producer {raw:,.0f} events/s, gateway (generator -> kafka) "
-                  f"{gateway:,.0f} events/s = {gateway / raw:.2f}x raw (per-run ratios {ratios[0]:.2f}..{ratios[-1]:.2f})")
+            headed_ratios = sorted(g / r for g, r in zip(gateways, headed))
+            print(f"  median: raw confluent-kafka producer {raw:,.0f} events/s, with the four headers "
+                  f"{raw_headed:,.0f}, gateway (generator -> kafka) {gateway:,.0f} events/s")
+            print(f"  gateway / raw = {gateway / raw:.2f}x (per-run {ratios[0]:.2f}..{ratios[-1]:.2f}); "
+                  f"gateway / raw with headers = {gateway / raw_headed:.2f}x "
+                  f"(per-run {headed_ratios[0]:.2f}..{headed_ratios[-1]:.2f})")
+            if args.no_latency:
+                return
             for name, rate in (("low-latency", 5000), ("ultra-low-latency", 1000)):
                 p50, p99, warm50, warm99 = latency(bootstrap, name, rate, 10.0, workdir)
                 print(f"  latency {name} at {rate:,} events/s (event creation to broker append time): "

@@ -1,7 +1,9 @@
 """What every Kafka component shares (the sink, the dead-letter topic, and the coming source and
 exactly-once producers), so they configure, connect, name topics and classify errors alike.
 
-* :mod:`~savegress_gw.kafka.connection`: brokers, SASL/TLS options, client settings, waiting for a cluster.
+* :mod:`~savegress_gw.kafka.connection`: brokers, SASL/TLS options, client settings, waiting for a cluster
+  (bounded, or without limit with progress logs).
+* :mod:`~savegress_gw.kafka.client_errors`: librdkafka's ``error_cb``: fatal, while connecting, warnings.
 * :mod:`~savegress_gw.kafka.topics`: topic names, templates, on-demand creation.
 * :mod:`~savegress_gw.kafka.routing`: topic and partition of each event of a batch.
 * :mod:`~savegress_gw.kafka.partitioning`: murmur2, Kafka's keyed partitioner.
