@@ -3,7 +3,8 @@
 ``output: {type: kafka, brokers: [kafka1:9092], topic: cdc-events, topic_template: "cdc.${schema}.${table}",
 acks: all, compression: zstd, batch_size: 1MB, linger_ms: 5, max_request_size: 1048576, partitioner: hash,
 partition_key: "${table}", sasl: {...}, tls: {...}, topics: {create: true, partitions: 6},
-connect_timeout: 30s, startup: {wait: false, log_interval: 10s}, producer: {...}}`` (``spec/reference.md`` 3.4 and 4.2).
+connect_timeout: 30s, startup: {wait: false, log_interval: 10s}, producer: {...}}``
+(``spec/reference.md`` 3.4 and 4.2).
 
 Record format (``spec/reference.md`` 3.4): key ``table:pk`` (the batch's ``keys`` column), value the
 JSON envelope exactly as the gateway encoded it, headers ``savegress-event-id``,
@@ -59,7 +60,9 @@ class KafkaSink(Sink):
     """Produces every event as one record with an idempotent producer; delivery reports drive the outcome.
 
     **Delivery.** A batch is reported once every one of its records has a delivery report (served
-    by ``poll``/``flush``): all delivered → DELIVERED; otherwise DELIVERED with ``failed`` indices,
+    by ``poll``/``flush``; one bound method of the batch's
+    :class:`~savegress_gw.kafka.delivery.BatchDelivery` is the callback of all its records, and a
+    failed report is matched back to its record by key and value): all delivered → DELIVERED; otherwise DELIVERED with ``failed`` indices,
     ``failed_status`` REJECTED when every failure is permanent
     (:data:`~savegress_gw.kafka.errors.REJECTED_CODES`, e.g. ``MSG_SIZE_TOO_LARGE``,
     ``INVALID_RECORD``, ``TOPIC_AUTHORIZATION_FAILED``), else ERRORED
@@ -328,7 +331,8 @@ class KafkaSink(Sink):
             return
         while self._held:
             _, done = self._held.popleft()
-            done(Outcome(Status.ERRORED, reason=f"closed while waiting for kafka brokers {','.join(self.config.brokers)}"))
+            done(Outcome(Status.ERRORED,
+                         reason=f"closed while waiting for kafka brokers {','.join(self.config.brokers)}"))
         try:
             if self._outstanding:
                 producer.flush(CLOSE_FLUSH_S)
