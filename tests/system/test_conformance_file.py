@@ -1,6 +1,6 @@
 """Reliability conformance (issue 4) against the file sink, made to fail for real.
 
-The sink's file lives on a 16 MB tmpfs mounted by the test (root needed, else skipped); the test
+The sink's file lives on a 64 MB tmpfs mounted by the test (root needed, else skipped); the test
 fills it with a ``posix_fallocate``d filler file, so every ``write``/``flush`` of the sink fails
 with ``ENOSPC`` — the sink's real error path (an ``OSError`` reported ERRORED, the active file
 reopened with its torn tail cut) — and frees it by deleting the filler. The dead-letter queue and
@@ -38,7 +38,7 @@ DECODE = {suffix: encoding for encoding, suffix in FILE_SUFFIX.items() if suffix
 
 @pytest.fixture()
 def tiny_fs(tmp_path: Path) -> Iterator[TinyFilesystem]:
-    fs = TinyFilesystem(tmp_path / "fs", 16 * MB)
+    fs = TinyFilesystem(tmp_path / "fs", 64 * MB)
     try:
         fs.mount()
     except CannotMount as exc:
@@ -133,8 +133,8 @@ def test_a_full_filesystem_loses_nothing_and_the_breaker_opens_and_closes(tmp_pa
                                                                           tiny_fs: TinyFilesystem, outage_s: float,
                                                                           count: int) -> None:
     """3,000 events/s of 1 KB; no dead-letter queue, so failing writes are retried until space is back.
-    The 30 s soak offers 108 MB, far more than the 16 MB filesystem holds if the gateway did not
-    rotate, compress and prune (``max_files`` 100 of 4 MB compressed segments)."""
+    The 30 s soak offers 108 MB, which the 64 MB filesystem holds only rotated into 4 MB segments
+    and compressed (about 0.5 MB each)."""
     data = profile(tmp_path, tiny_fs, count, rate=3_000)
     data["source"]["row_size"] = 1000
     gateway = launch(data)
