@@ -249,3 +249,25 @@ def test_os_error_is_errored_and_the_next_send_recovers(tmp_path: Path, monkeypa
     sink.close()
     # the failed write was cut off again: the retry does not leave a duplicate behind
     assert (tmp_path / "events.jsonl").read_bytes().splitlines() == batch(0, 1).payloads
+
+
+def test_a_write_that_fails_midway_is_cut_off_again(tmp_path: Path) -> None:
+    """A real short write: the process's file size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so
+    the write fails with EFBIG) stops the batch after some of its lines reached the file."""
+    import resource
+
+    sink = open_sink(tmp_path, ack_mode="leader")
+    assert send_one(sink, batch(0, 2)) == Outcome(Status.DELIVERED)
+    before = (tmp_path / "events.jsonl").read_bytes()
+    second = batch(2, 20)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + len(second.payloads[0]) * 5 + 10, hard))
+    try:
+        outcome = send_one(sink, second)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert outcome.status is Status.ERRORED and "File too large" in outcome.reason
+    assert (tmp_path / "events.jsonl").read_bytes() == before, "no line of the failed batch stays behind"
+    assert send_one(sink, second) == Outcome(Status.DELIVERED)
+    sink.close()
+    assert (tmp_path / "events.jsonl").read_bytes().splitlines() == batch(0, 2).payloads + second.payloads
