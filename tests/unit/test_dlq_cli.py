@@ -162,3 +162,10 @@ def test_the_replay_profile_validates(tmp_path: Path) -> None:
     profile = validate_profile(replay_profile(data, []), registry_of(replay_module, stdout_module, file_module)).profile
     assert profile.source.type == "dlq_replay" and profile.source.base_dir == str(tmp_path)
     assert profile.dlq.base_dir == str(tmp_path) and profile.dlq.segment_size == 64 * 1024**2
+
+
+def test_replay_refuses_an_id_of_neither_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = profile_file(tmp_path, {"base_dir": str(tmp_path / "dlq")})
+    assert run_dlq_command(parse("replay", "-c", config, "--id", "p0-3")) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert "'p0-3' is not a dead-letter entry id" in err and "p<partition>:<offset>" in err
