@@ -49,7 +49,7 @@ def main(args: ChildArgs) -> None:
         runtime = boot_child(args, name, args.index + 1)
         log = configure_logging(runtime.profile.logging, name)
         if runtime.profile.exactly_once.enabled:
-            pipeline, components = _build_transactional(runtime, log), []
+            pipeline, components = _build_transactional(runtime, log)
         else:
             pipeline, components = _build(runtime, log)
     except Exception as exc:
@@ -73,11 +73,18 @@ def main(args: ChildArgs) -> None:
     sys.exit(code)
 
 
-def _build_transactional(runtime: ChildRuntime, log: Any) -> TransactionalPipeline:
-    """The exactly-once pipeline: a transactional producer instead of the sink component."""
+def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[TransactionalPipeline, list]:
+    """The exactly-once pipeline: a transactional producer instead of the sink component (and the
+    rate limiter, when one is configured)."""
     ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
-    return build_pipeline(runtime.profile, runtime.args.index, ring, runtime.metrics,
-                          log.bind(component="exactly-once"))
+    limiter = instantiate("limiter", runtime.profile, runtime.registry)
+    if limiter is not None:
+        open_component(limiter, Context(process=runtime.name, worker_index=runtime.args.index,
+                                        log=log.bind(component="limiter"), profile=runtime.profile,
+                                        shared=runtime.args.shared.get("limiter")))
+    pipeline = build_pipeline(runtime.profile, runtime.args.index, ring, runtime.metrics,
+                              log.bind(component="exactly-once"), limiter)
+    return pipeline, [limiter] if limiter is not None else []
 
 
 def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:

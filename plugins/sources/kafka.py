@@ -95,6 +95,7 @@ class KafkaSource(Source):
     name = "kafka"
     resumable = True
     trusted = True
+    sequence_lanes = True  # lane "<topic>:<partition>", ordinal offset + 1: a position is also {lane: last ordinal}
 
     class Config(ComponentConfig):
         brokers: Brokers = Field(min_length=1)
@@ -165,7 +166,7 @@ class KafkaSource(Source):
         self._limited = RateLimitedLog(self._log)
         self._metrics = context.metrics
         conf = consumer_settings(client_settings(cfg.brokers, f"{gateway_id}-{context.process}", cfg.sasl, cfg.tls),
-                                 group, cfg.start, cfg.consumer)
+                                 group, f"{gateway_id}-source", cfg.start, cfg.consumer)
         self.consumer_config = masked(conf)
         self._incremental = incremental(conf)
         self._errors = errors = ClientErrors(self._limited, "kafka consumer failed fatally")
@@ -202,6 +203,11 @@ class KafkaSource(Source):
                 consumer.close()  # leaves the group; nothing is committed here
             except (KafkaException, RuntimeError) as exc:
                 self._log.warning("closing the kafka consumer failed", error=describe(exc))
+
+    def event_sequence(self, event: dict[str, Any]) -> tuple[str, int]:
+        """``("<topic>:<partition>", offset + 1)`` of the record the event came from."""
+        position = event["position"]
+        return lane(position["topic"], position["partition"]), position["offset"] + 1
 
     def seek(self, position: Any) -> None:
         """Resume at ``position`` (one ``read`` returned): its offsets apply when those partitions

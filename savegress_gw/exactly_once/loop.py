@@ -1,7 +1,8 @@
 """The worker's pipeline under exactly-once: ring frames → one Kafka transaction → acknowledgement.
 
 A transaction takes the frames waiting in the ring, up to :data:`TRANSACTION_EVENTS` events or
-``max(batching.max_wait, TRANSACTION_MIN_WAIT_S)`` after the first of them arrived, produces their
+``max(batching.max_wait, TRANSACTION_MIN_WAIT_S)`` after the first of them arrived (then waits for
+the rate limiter to grant that many events, when ``rate_limiting`` is on), produces their
 events (skipping those the committed checkpoint already covers), then this worker's checkpoint
 record, and commits. Only then are the frames acknowledged in the ring, so the source commits its
 position after Kafka did. An aborted transaction is replayed from the frames still in memory,
@@ -21,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from savegress_gw.components import Batch, Status
+from savegress_gw.components import Batch, Limiter, Status
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key
 from savegress_gw.exactly_once.frames import SequencedFrame, decode_sequenced
 from savegress_gw.exactly_once.producer import TransactionAborted, TransactionalProducer
@@ -66,14 +67,16 @@ class TransactionalPipeline:
 
     def __init__(self, ring: Ring, producer: TransactionalProducer, router: Router, checkpoint: WorkerCheckpoint,
                  checkpoint_topic: str, retry: RetrySettings, metrics: ProcessMetrics, log: Any,
-                 max_wait_s: float) -> None:
-        self.ring, self.producer, self.router = ring, producer, router
+                 max_wait_s: float, limiter: Limiter | None = None) -> None:
+        self.ring, self.producer, self.router, self.limiter = ring, producer, router, limiter
         self.checkpoint, self.checkpoint_topic = checkpoint, checkpoint_topic
         self.retry, self.metrics, self.log = retry, metrics, log
         self.max_wait_s = max(max_wait_s, TRANSACTION_MIN_WAIT_S)
         self._waiting: list[_Waiting] = []
         self._events = 0
         self._first_at = 0.0
+        self._granted_until: float | None = None
+        """With a rate limiter: the waiting events were granted, to be sent at this time."""
 
     def finish(self, timeout_s: float) -> None:
         """Last round before the worker exits: commit whatever is waiting."""
@@ -85,14 +88,24 @@ class TransactionalPipeline:
     def step(self, now: float, draining: bool = False) -> bool:
         """Read frames; run a transaction when one is due. True if anything happened."""
         worked = self._read(now)
-        if self._waiting and (draining or self._events >= TRANSACTION_EVENTS or now - self._first_at >= self.max_wait_s):
+        due = draining or self._events >= TRANSACTION_EVENTS or now - self._first_at >= self.max_wait_s
+        if self._waiting and due and self._rate_allows(now):
             self._transact()
+            self._granted_until = None
             worked = True
         self.producer.poll(0)
         return worked
 
+    def _rate_allows(self, now: float) -> bool:
+        """Ask the rate limiter once for the waiting events; True once they may be sent."""
+        if self.limiter is None:
+            return True
+        if self._granted_until is None:
+            self._granted_until = now + self.limiter.acquire(self._events)
+        return now >= self._granted_until
+
     def _read(self, now: float) -> bool:
-        if self._events >= TRANSACTION_EVENTS:
+        if self._events >= TRANSACTION_EVENTS or self._granted_until is not None:
             return False
         frames = self.ring.read(max_frames=64)
         for frame in frames:

@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from savegress_gw.components import Limiter
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_topic, read_checkpoints, \
     resume_point, transactional_id
 from savegress_gw.exactly_once.loop import TransactionalPipeline
@@ -81,7 +82,8 @@ def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, int]:
                         profile.source.type, per_lane)
 
 
-def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any) -> TransactionalPipeline:
+def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any,
+                   limiter: Limiter | None = None) -> TransactionalPipeline:
     """Worker ``worker``'s pipeline: topics exist, its producer fenced every predecessor, and its
     committed checkpoint is read. Raises :class:`~savegress_gw.kafka.errors.KafkaClientError` or
     :class:`~savegress_gw.exactly_once.producer.ProducerFenced` naming what failed."""
@@ -109,4 +111,4 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
-                                 profile.batching.max_wait)
+                                 profile.batching.max_wait, limiter)

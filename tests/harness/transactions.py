@@ -87,3 +87,25 @@ def exactly_once_profile(gateway_id: str, brokers: str, topic: str, count: int, 
     }
     profile.update(overrides)
     return profile
+
+
+def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions: int = 4) -> None:
+    """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys ``seq % 997``)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(config)  # kept: a collected client cancels its futures
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    producer = Producer({**config, "enable.idempotence": True, "linger.ms": 20})
+    errors: list[Any] = []
+    for seq in range(1, count + 1):
+        envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
+                    "after": {"id": seq % 997, "seq": seq}}
+        while True:
+            try:
+                producer.produce(topic, orjson.dumps(envelope), key=str(seq % 997).encode(),
+                                 on_delivery=lambda err, _: errors.append(err) if err else None)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0 and errors == []

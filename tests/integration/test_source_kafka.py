@@ -305,11 +305,13 @@ def test_a_rebalance_splits_partitions_and_commits_only_what_a_member_owns(clust
     create_topic(cluster, topic, 4)
     for partition in range(4):
         produce(cluster, topic, [(None, envelope(partition * 100 + i)) for i in range(5)], partition=partition)
-    consumer = {"partition.assignment.strategy": strategy}
-    first = open_source(cluster, opened, topics=[topic], group_id=group, consumer=consumer)
+    consumer = {"partition.assignment.strategy": strategy}  # two gateways: two static member ids
+    first = open_source(cluster, opened, topics=[topic], group_id=group,
+                        consumer={**consumer, "group.instance.id": "first"})
     before = read_until(first, 20)[-1].position
     assert set(before) == {f"{topic}:{p}" for p in range(4)}
-    second = open_source(cluster, opened, topics=[topic], group_id=group, consumer=consumer)
+    second = open_source(cluster, opened, topics=[topic], group_id=group,
+                         consumer={**consumer, "group.instance.id": "second"})
 
     def split() -> bool:
         first.read(100, 0.2)

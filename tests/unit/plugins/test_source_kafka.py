@@ -56,12 +56,12 @@ def test_brokers_must_be_host_and_port() -> None:
 
 
 def test_consumer_settings_commit_manually_and_read_committed_only() -> None:
-    conf = consumer_settings({"bootstrap.servers": "k1:9092"}, "grp", "latest",
+    conf = consumer_settings({"bootstrap.servers": "k1:9092"}, "grp", "gw-source", "latest",
                              {"isolation.level": "read_uncommitted", "fetch.max.bytes": 1000})
     assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
-    assert (conf["group.id"], conf["auto.offset.reset"]) == ("grp", "latest")
+    assert (conf["group.id"], conf["group.instance.id"], conf["auto.offset.reset"]) == ("grp", "gw-source", "latest")
     assert conf["isolation.level"] == "read_uncommitted" and conf["fetch.max.bytes"] == 1000
-    defaults = consumer_settings({}, "g", "earliest", {})
+    defaults = consumer_settings({}, "g", "gw-source", "earliest", {})
     assert defaults["isolation.level"] == "read_committed"
     assert defaults["topic.metadata.refresh.interval.ms"] == 10_000, "new and missing topics found within 10 s"
 
