@@ -10,7 +10,8 @@ processes commit transactions of ``--rows-per-tx`` ``UPDATE accounts SET abalanc
   changes/s, commit-to-sink latency p50/p99 (the time a line was seen in the sink file minus the
   event's commit timestamp; the file is tailed every 2 ms and every 10th line is sampled) and
   the replication lag (``savegress_replication_lag_seconds`` and the slot's unconfirmed bytes,
-  averaged over the first and the second half, to see whether it stays flat).
+  averaged over the first and the second half, to see whether it stays flat). The first
+  ``--warmup`` seconds of the steady phase are not measured (the p99 of every 5 s window is printed too).
 
     python bench/pg_cdc.py [--backlog 300000] [--rate 25000] [--seconds 30] [--workers 1]
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import random
 import shutil
 import statistics
@@ -129,7 +129,7 @@ def start_gateway(workdir: Path, pg, workers: int, port: int) -> subprocess.Pope
                    "user": "postgres", "slot_name": "bench", "publication": "bench",
                    "standby_message_interval": "1s", "heartbeat_interval_seconds": 1},
         "snapshot": {"enabled": False},
-        "output": {"type": "file", "path": str(workdir / "out" / "events.jsonl")},
+        "output": {"type": "file", "path": str(workdir / "out" / "events.jsonl"), "rotate": {"enabled": False}},
         "batching": {"max_size": 2000, "max_wait": "10ms"},
         "buffer": {"size": 32768},
         "checkpoint": {"dir": str(workdir / "checkpoints"), "interval": "1s"},
@@ -160,7 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backlog", type=int, default=300_000)
     parser.add_argument("--rate", type=float, default=25_000, help="offered changes/s in the steady phase")
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=15, help="seconds of the steady phase not measured")
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--rows-per-tx", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
@@ -220,14 +221,19 @@ def main() -> None:
         deadline = time.monotonic() + 120
         while tail.lines - start_lines < done.value and time.monotonic() < deadline:
             time.sleep(0.05)
-        window = [(t, n) for t, n in tail.arrivals if wall_begin + 2 <= t <= wall_end]
+        window = [(t, n) for t, n in tail.arrivals if wall_begin + args.warmup <= t <= wall_end]
         delivered = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
-        steady = [s for t, s in tail.latencies if wall_begin + 2 <= t <= wall_end]
+        steady = [s for t, s in tail.latencies if wall_begin + args.warmup <= t <= wall_end]
         half = len(lag_samples) // 2
         print(f"steady: offered {offered:,.0f} changes/s ({args.writers} writers, {args.rows_per_tx} rows/tx), "
-              f"delivered {delivered:,.0f} changes/s over {args.seconds:.0f}s")
-        print(f"commit-to-sink latency: p50 {percentile(steady, 0.5) * 1000:.0f} ms, "
+              f"delivered {delivered:,.0f} changes/s over the last {args.seconds - args.warmup:.0f} of {args.seconds:.0f}s")
+        print(f"commit-to-sink latency after the warm-up: p50 {percentile(steady, 0.5) * 1000:.0f} ms, "
               f"p99 {percentile(steady, 0.99) * 1000:.0f} ms ({len(steady)} samples)")
+        windows = []
+        for start in range(0, int(args.seconds), 5):
+            part = [s for t, s in tail.latencies if wall_begin + start <= t < wall_begin + start + 5]
+            windows.append(f"{percentile(part, 0.99) * 1000:.0f}")
+        print(f"p99 per 5 s window from the writers' start (ms): {' '.join(windows)}")
         print("replication lag: {:.3f}s -> {:.3f}s (first/second half mean), slot unconfirmed "
               "{:,.0f} -> {:,.0f} bytes".format(
                   statistics.mean(s[1] for s in lag_samples[:half]), statistics.mean(s[1] for s in lag_samples[half:]),
@@ -242,5 +248,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     main()

@@ -3,7 +3,7 @@
 A :class:`ChangeReader` follows the stream transaction by transaction. Its position is
 ``(lsn, sequence, end)``: ``lsn`` is the commit LSN of the transaction being read, ``sequence``
 the number of its changes and logical messages read so far (0 after Begin, last + 1 after
-Commit), and ``end`` the ``end_lsn`` of the last transaction read completely. Restarting the
+Commit; -1 before the first transaction), and ``end`` the ``end_lsn`` of the last transaction read completely. Restarting the
 stream at ``end`` re-sends the transaction at ``lsn`` whole; every change whose
 ``(commit lsn, sequence)`` is <= the reader's ``threshold`` is then dropped, so what was already
 handed out is not handed out twice.
@@ -64,8 +64,9 @@ class ChangeReader:
         self.in_transaction = False
 
     def start_at(self, lsn: int) -> None:
-        """Start streaming at ``lsn`` with nothing handed out yet (a new slot, ``start_position``)."""
-        self.lsn, self.seq, self.end = lsn, 0, lsn
+        """Start streaming at ``lsn`` with nothing handed out yet (a new slot, ``start_position``);
+        the position is then ``(lsn, -1)``, before even a transaction committing at ``lsn``."""
+        self.lsn, self.seq, self.end = lsn, -1, lsn
         self.threshold = (0, -1)
         self.in_transaction = False
 

@@ -56,10 +56,10 @@ def wait_events(workdir: Path, done: Callable[[list[dict[str, Any]]], bool], tim
 
 
 def slot_row(postgres: Any, dbname: str, slot: str) -> tuple[Any, ...] | None:
-    """``(active, confirmed_flush_lsn as int)`` of ``slot``, or None."""
+    """``(active, confirmed_flush_lsn as int)`` of ``slot`` (0 while it is being created), or None."""
     rows = postgres.execute("SELECT active, confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
                             " WHERE slot_name = %s", (slot,), dbname=dbname)
-    return (rows[0][0], int(rows[0][1])) if rows else None
+    return (rows[0][0], int(rows[0][1] or 0)) if rows else None
 
 
 def start_streaming(postgres: Any, dbname: str, workdir: Path, profile: dict[str, Any],

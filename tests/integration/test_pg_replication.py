@@ -18,11 +18,18 @@ import psycopg2.extensions
 from savegress_gw.postgres.connection import connect_kwargs
 from savegress_gw.postgres.pgoutput import Commit, decode
 from savegress_gw.postgres.replication import ReplicationStream
-from tests.harness.pg_source import slot_row
+import pytest
+
+from tests.harness.pg_source import release, slot_row
 
 
-def test_keepalives_never_confirm_received_but_undelivered_transactions(postgres, pg_database: str) -> None:
-    db = pg_database
+@pytest.fixture()
+def db(postgres, pg_database: str):
+    yield pg_database
+    release(postgres, pg_database)
+
+
+def test_keepalives_never_confirm_received_but_undelivered_transactions(postgres, db: str) -> None:
     postgres.execute("CREATE TABLE t (id bigint PRIMARY KEY, pad text)", dbname=db)
     postgres.execute("CREATE PUBLICATION p FOR TABLE t", dbname=db)
     # Keepalives every ~1.5 s (half of wal_sender_timeout), also while a big transaction is sent:
