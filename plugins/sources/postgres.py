@@ -30,13 +30,11 @@ logs where it is; deleting that file approves the change and streaming resumes.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, Literal
 
-import orjson
 import psycopg2
 import psycopg2.extensions
 from pydantic import Field, field_validator
@@ -177,6 +175,7 @@ class PostgresSource(Source):
         self._committed_end = 0
         self._blocked: Path | None = None
         self._approved: set[str] = set()
+        self._pending_block: tuple[str, str, list[dict[str, Any]]] = ("", "", [])
         self._snap: InitialSnapshot | None = None
 
     # ------------------------------------------------------------------ set-up

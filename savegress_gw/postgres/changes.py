@@ -50,8 +50,6 @@ class ChangeReader:
         self.in_transaction = False
         self.threshold = (0, -1)
         """Changes at or before this ``(commit lsn, sequence)`` were handed out already."""
-        self.heartbeats = 0
-        """Our own heartbeat messages seen (``savegress.heartbeat`` with this slot)."""
 
     # ------------------------------------------------------------------ positions
 
@@ -146,5 +144,4 @@ class ChangeReader:
         except orjson.JSONDecodeError:
             return
         if isinstance(payload, dict) and payload.get("slot") == self.builder.slot:
-            self.heartbeats += 1
             events.append(self.builder.heartbeat(self.seq, msg, payload, time.time_ns()))

@@ -22,7 +22,6 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
 from psycopg2 import sql
 
 from savegress_gw.errors import GatewayError
