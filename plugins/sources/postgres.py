@@ -223,6 +223,7 @@ class PostgresSource(Source):
         checkpoint_dir = Path(profile.checkpoint.directory) if profile is not None else Path(".")
         gateway_id = profile.gateway.id if profile is not None else "savegress-gw"
         self._block_file = checkpoint_dir / f"{gateway_id}.schema-blocked.json"
+        self._schemas_file = checkpoint_dir / f"{gateway_id}.pg-relations.json"
         self._log.info("connecting to PostgreSQL", where=self.where)
         deadline = time.monotonic() + c.connection_timeout
         while True:
@@ -311,7 +312,10 @@ class PostgresSource(Source):
     def _start(self) -> None:
         """Decide where to start (module docstring), create the slot if needed, maybe snapshot."""
         c = self.config
-        builder = ChangeBuilder(c.database, c.slot_name, (self._resume or {}).get("schemas"), self._primary_keys)
+        schemas = (self._resume or {}).get("schemas")
+        if schemas is None and self._schemas_file.exists():
+            schemas = json.loads(self._schemas_file.read_text())
+        builder = ChangeBuilder(c.database, c.slot_name, schemas, self._primary_keys, self._save_schemas)
         detect = self._schema_settings is None or self._schema_settings.detection != "none"
         self._reader = ChangeReader(builder, c.preserve_transactions, self._schema_policy, detect)
         self._stream = ReplicationStream(self._dsn(), c.slot_name, c.publication, self._status_interval)
@@ -345,6 +349,14 @@ class PostgresSource(Source):
             self._log.info("no checkpoint: starting at the slot's confirmed position",
                            lsn=lsn_to_str(self._slot.confirmed_flush))
         self._started = True
+
+    def _save_schemas(self, schemas: dict[str, Any]) -> None:
+        """Keep the relation cache beside the checkpoint too, for a start without a checkpoint
+        position (a crash before the first checkpoint): schema changes are then still detected."""
+        self._schemas_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._schemas_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(schemas))
+        temporary.replace(self._schemas_file)
 
     @property
     def _status_interval(self) -> float:

@@ -27,7 +27,7 @@ changes made while it was down.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from savegress_gw.envelope import format_timestamp
 from savegress_gw.postgres.pgoutput import (
@@ -122,11 +122,14 @@ class ChangeBuilder:
     """Builds envelopes from decoded pgoutput messages (module docstring)."""
 
     def __init__(self, database: str, slot: str, schemas: dict[str, Any] | None = None,
-                 primary_keys: dict[str, list[str]] | None = None) -> None:
+                 primary_keys: dict[str, list[str]] | None = None,
+                 on_schemas: Callable[[dict[str, Any]], None] | None = None) -> None:
         """``primary_keys``: ``schema.table`` → primary key columns from the catalog (keys the
-        events of REPLICA IDENTITY FULL tables, whose Relation messages flag every column)."""
+        events of REPLICA IDENTITY FULL tables, whose Relation messages flag every column).
+        ``on_schemas`` is called with the new cache whenever it changes."""
         self.database, self.slot = database, slot
         self.primary_keys = primary_keys or {}
+        self.on_schemas = on_schemas
         self.types: dict[int, TypeInfo] = {}
         self.tables: dict[int, _Table] = {}
         self._schemas: dict[str, Any] = dict(schemas or {})
@@ -159,6 +162,8 @@ class ChangeBuilder:
         if self._known.get(message.relid) != message:
             self._known[message.relid] = message
             self._schemas = {**self._schemas, str(message.relid): relation_to_data(message)}
+            if self.on_schemas is not None:
+                self.on_schemas(self._schemas)
 
     def forget_stream(self) -> None:
         """A new connection: Relation and Type messages will be sent again (the known schemas stay)."""

@@ -292,3 +292,31 @@ def test_heartbeats_advance_an_idle_slot_while_other_databases_write(postgres, d
     assert gateway.metric("savegress_replication_slot_lag_bytes") >= 0
     assert gateway.metric("savegress_replication_lag_seconds") >= 0
     assert len(events(tmp_path)) == 0  # no row events were invented
+
+
+def test_start_position_overrides_the_checkpoint(postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE t (id int PRIMARY KEY)")
+    profile = pg_profile(postgres, db, tmp_path)
+    assert start_streaming(postgres, db, tmp_path, profile).stop() == 0  # slot, publication, checkpoint
+    sql("INSERT INTO t VALUES (1)")
+    lsn = postgres.execute("SELECT pg_current_wal_insert_lsn()::text", dbname=db)[0][0]  # past row 1's commit
+    sql("INSERT INTO t VALUES (2)")
+    profile["source"]["start_position"] = lsn
+    start_streaming(postgres, db, tmp_path, profile)
+    found = wait_events(tmp_path, lambda e: len(e) >= 1)
+    assert [e["after"]["id"] for e in found] == [2]
+
+
+def test_the_error_policy_halts_the_gateway_on_a_breaking_change(postgres, db: str, tmp_path: Path) -> None:
+    sql = _sql(postgres, db)
+    sql("CREATE TABLE t (id int PRIMARY KEY, a text)")
+    profile = pg_profile(postgres, db, tmp_path, schema={"evolution": {"breaking_changes": "error"}})
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+    sql("INSERT INTO t VALUES (1, 'a')")
+    wait_events(tmp_path, lambda e: len(e) == 1)
+    sql("ALTER TABLE t DROP COLUMN a")
+    sql("INSERT INTO t VALUES (2)")
+    assert gateway.wait(180) != 0
+    assert "breaking schema change of public.t" in gateway.stderr()
+    assert [e["after"]["id"] for e in events(tmp_path)] == [1]  # nothing past the change
