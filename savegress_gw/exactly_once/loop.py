@@ -1,13 +1,14 @@
 """The worker's pipeline under exactly-once: ring frames → one Kafka transaction → acknowledgement.
 
-A transaction takes the frames waiting in the ring, up to :data:`TRANSACTION_EVENTS` events or
-``max(batching.max_wait, TRANSACTION_MIN_WAIT_S)`` after the first of them arrived (then waits for
-the rate limiter to grant that many events, when ``rate_limiting`` is on), produces their
-events (skipping those the committed checkpoint already covers), then this worker's checkpoint
-record, and commits. Only then are the frames acknowledged in the ring, so the source commits its
-position after Kafka did. An aborted transaction is replayed from the frames still in memory,
-with the profile's retry backoff; a fenced or failed producer ends the worker (its replacement
-re-reads the checkpoint).
+The first frame after a commit begins a transaction; every frame is produced into it as it
+arrives (skipping events the committed checkpoint, or the transaction itself, already has), so
+librdkafka keeps sending while the transaction lasts. After ``max(batching.max_wait,
+TRANSACTION_MIN_WAIT_S)`` or :data:`TRANSACTION_EVENTS` events the worker's checkpoint record goes
+last and the transaction commits; only then are its frames acknowledged in the ring, so the
+source commits its position after Kafka did. With ``rate_limiting`` each frame takes its events'
+tokens before the next is read. An aborted transaction is replayed from the frames kept in
+memory, with the profile's retry backoff; a fenced or failed producer ends the worker (its
+replacement re-reads the checkpoint).
 
 Events that cannot be produced at all (larger than ``output.max_request_size``, a topic template
 giving no legal name) are dropped, counted under ``events_dropped_total{reason="rejected"}`` and
@@ -24,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from savegress_gw.components import Batch, Limiter, Status
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key
-from savegress_gw.exactly_once.frames import SequencedFrame, decode_sequenced
+from savegress_gw.exactly_once.frames import Marker, SequencedFrame, decode_sequenced
 from savegress_gw.exactly_once.producer import TransactionAborted, TransactionalProducer
 from savegress_gw.kafka.errors import describe, status_of
 from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP
@@ -34,9 +35,9 @@ from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
 from savegress_gw.ring import Ring
 
-TRANSACTION_EVENTS = 20_000
+TRANSACTION_EVENTS = 50_000
 """Most events in one transaction: its fixed cost (markers, EndTxn) is paid per transaction."""
-TRANSACTION_MIN_WAIT_S = 0.1
+TRANSACTION_MIN_WAIT_S = 0.25
 """A transaction waits at least this long for frames (``batching.max_wait`` when longer)."""
 LATENCY_SAMPLES = 8
 
@@ -62,8 +63,45 @@ class _Refusals:
             self.transient = f"{code}: {message}"
 
 
+class _Progress:
+    """What the open transaction will have committed: per-lane ordinals and the last marker."""
+
+    __slots__ = ("ordinals", "ends", "position")
+
+    def __init__(self, committed: WorkerCheckpoint) -> None:
+        self.ordinals = dict(committed.ordinals)
+        self.ends, self.position = committed.ends, committed.position
+
+    def keep(self, frame: SequencedFrame) -> list[int]:
+        """Indices of ``frame``'s events not in Kafka yet (committed, or produced in this
+        transaction already: a restarted source process re-sends events whose first copies may
+        still be in the ring); moves the ordinals past them."""
+        ordinals, keep = self.ordinals, []
+        for i, ordinal in enumerate(frame.ordinals):
+            lane = frame.lane(i)
+            if ordinal > ordinals.get(lane, 0):
+                ordinals[lane] = ordinal
+                keep.append(i)
+        return keep
+
+    def mark(self, marker: Marker) -> None:
+        """Take a read-batch marker unless it is older than the last (a restarted source process
+        re-reads from the lowest marker)."""
+        if all(marker.ends.get(lane, 0) >= end for lane, end in self.ends.items()):
+            self.ends, self.position = marker.ends, marker.position
+            for lane, end in marker.ends.items():
+                self.ordinals[lane] = max(self.ordinals.get(lane, 0), end)
+
+    def checkpoint(self, committed: WorkerCheckpoint) -> WorkerCheckpoint:
+        return replace(committed, ordinals=dict(self.ordinals), ends=self.ends, position=self.position)
+
+
 class TransactionalPipeline:
-    """One worker's exactly-once loop. Call :meth:`step` until :meth:`settled`."""
+    """One worker's exactly-once loop. Call :meth:`step` until :meth:`settled`.
+
+    Frames are produced into the open transaction as they arrive (librdkafka sends them while the
+    transaction lasts); the commit adds the checkpoint record and waits only for the tail.
+    """
 
     def __init__(self, ring: Ring, producer: TransactionalProducer, router: Router, checkpoint: WorkerCheckpoint,
                  checkpoint_topic: str, retry: RetrySettings, metrics: ProcessMetrics, log: Any,
@@ -73,10 +111,14 @@ class TransactionalPipeline:
         self.retry, self.metrics, self.log = retry, metrics, log
         self.max_wait_s = max(max_wait_s, TRANSACTION_MIN_WAIT_S)
         self._waiting: list[_Waiting] = []
+        """Frames produced into the open transaction (kept to replay it after an abort)."""
+        self._produced: list[Batch] = []
+        self._progress = _Progress(checkpoint)
         self._events = 0
-        self._first_at = 0.0
-        self._granted_until: float | None = None
-        """With a rate limiter: the waiting events were granted, to be sent at this time."""
+        self._begun_at = 0.0
+        self._skipped = 0
+        self._granted_until = 0.0
+        """With a rate limiter: no frame is read before this time."""
 
     def finish(self, timeout_s: float) -> None:
         """Last round before the worker exits: commit whatever is waiting."""
@@ -86,91 +128,85 @@ class TransactionalPipeline:
         return not self.ring.unread and not self._waiting
 
     def step(self, now: float, draining: bool = False) -> bool:
-        """Read frames; run a transaction when one is due. True if anything happened."""
+        """Produce the frames that arrived into the open transaction; commit it when due."""
         worked = self._read(now)
-        due = draining or self._events >= TRANSACTION_EVENTS or now - self._first_at >= self.max_wait_s
-        if self._waiting and due and self._rate_allows(now):
-            self._transact()
-            self._granted_until = None
+        if self._waiting and (draining or self._events >= TRANSACTION_EVENTS or now - self._begun_at >= self.max_wait_s):
+            self._commit()
             worked = True
         self.producer.poll(0)
         return worked
 
-    def _rate_allows(self, now: float) -> bool:
-        """Ask the rate limiter once for the waiting events; True once they may be sent."""
-        if self.limiter is None:
-            return True
-        if self._granted_until is None:
-            self._granted_until = now + self.limiter.acquire(self._events)
-        return now >= self._granted_until
-
     def _read(self, now: float) -> bool:
-        if self._events >= TRANSACTION_EVENTS or self._granted_until is not None:
+        if self._events >= TRANSACTION_EVENTS or now < self._granted_until:
             return False
-        frames = self.ring.read(max_frames=64)
+        frames = self.ring.read(max_frames=16)
         for frame in frames:
-            sequenced = decode_sequenced(frame.payload)
+            waiting = _Waiting(decode_sequenced(frame.payload), frame.end)
+            if self.limiter is not None:
+                self._granted_until = now + self.limiter.acquire(len(waiting.frame.batch))
             if not self._waiting:
-                self._first_at = now
-            self._waiting.append(_Waiting(sequenced, frame.end))
-            self._events += len(sequenced.batch)
+                self._begun_at = now
+                self._begin()
+            self._waiting.append(waiting)
+            self._events += len(waiting.frame.batch)
+            try:
+                self._produce_frame(waiting.frame)
+            except TransactionAborted as exc:
+                self._replay(exc)
         return bool(frames)
 
-    def _transact(self) -> None:
+    def _begin(self) -> None:
+        self.producer.begin()
+        self._progress = _Progress(self.checkpoint)
+        self._produced, self._skipped = [], 0
+
+    def _produce_frame(self, frame: SequencedFrame) -> None:
+        keep = self._progress.keep(frame)
+        self._skipped += len(frame.ordinals) - len(keep)
+        if keep:
+            batch = frame.batch if len(keep) == len(frame.batch) else frame.batch.take(keep)
+            self._produce(batch)
+            self._produced.append(batch)
+        if frame.marker is not None:
+            self._progress.mark(frame.marker)
+
+    def _replay(self, cause: TransactionAborted) -> None:
+        """The open transaction was aborted: produce every frame of it again in a new one."""
         backoff = Backoff(self.retry)
         while True:
+            self.metrics.inc("transactions_total", label="aborted")
+            backoff.failed()
+            delay = backoff.next_delay(None)
+            self.log.warning("transaction aborted; replaying it", reason=str(cause), attempt=backoff.attempts,
+                             retry_in_s=round(delay, 3), events=self._events)
+            time.sleep(delay)
             try:
-                self.producer.begin()
-                checkpoint, produced = self._produce_all()
-                self.producer.produce(self.checkpoint_topic, checkpoint.encode(),
-                                      checkpoint_key(checkpoint.worker), None, partition=0)
+                self._begin()
+                for waiting in self._waiting:
+                    self._produce_frame(waiting.frame)
+                return
+            except TransactionAborted as exc:
+                cause = exc
+
+    def _commit(self) -> None:
+        """Add the checkpoint record and commit; then acknowledge the frames."""
+        while True:
+            checkpoint = self._progress.checkpoint(self.checkpoint)
+            try:
+                self.producer.produce(self.checkpoint_topic, checkpoint.encode(), checkpoint_key(checkpoint.worker),
+                                      None, partition=0)
                 self.producer.commit()
                 break
             except TransactionAborted as exc:
-                self.metrics.inc("transactions_total", label="aborted")
-                backoff.failed()
-                delay = backoff.next_delay(None)
-                self.log.warning("transaction aborted; replaying it", reason=str(exc), attempt=backoff.attempts,
-                                 retry_in_s=round(delay, 3))
-                time.sleep(delay)
+                self._replay(exc)
         self.metrics.inc("transactions_total", label="committed")
+        if self._skipped:
+            self.metrics.inc("events_skipped_total", self._skipped)
+            self.log.info("skipped events already committed to Kafka", events=self._skipped)
         self.checkpoint = checkpoint
-        self._delivered(produced)
+        self._delivered(self._produced)
         self.ring.ack(self._waiting[-1].end, len(self._waiting))
-        self._waiting, self._events = [], 0
-
-    def _produce_all(self) -> tuple[WorkerCheckpoint, list[Batch]]:
-        """Produce every waiting event the checkpoint does not cover; the checkpoint after them."""
-        before = self.checkpoint
-        ordinals = dict(before.ordinals)
-        ends, position = before.ends, before.position
-        produced = []
-        skipped = 0
-        for waiting in self._waiting:
-            frame = waiting.frame
-            keep = []
-            for i, ordinal in enumerate(frame.ordinals):
-                # Covered by what is committed or produced in this transaction already: a restarted
-                # source process re-sends events whose first copies may still be in the ring.
-                lane = frame.lane(i)
-                if ordinal > ordinals.get(lane, 0):
-                    ordinals[lane] = ordinal
-                    keep.append(i)
-            skipped += len(frame.ordinals) - len(keep)
-            if keep:
-                batch = frame.batch if len(keep) == len(frame.batch) else frame.batch.take(keep)
-                self._produce(batch)
-                produced.append(batch)
-            marker = frame.marker
-            if marker is not None and all(marker.ends.get(lane, 0) >= end for lane, end in ends.items()):
-                # not older than the last one (a restarted source process re-reads from the lowest marker)
-                ends, position = marker.ends, marker.position
-                for lane, end in ends.items():
-                    ordinals[lane] = max(ordinals.get(lane, 0), end)
-        if skipped:
-            self.metrics.inc("events_skipped_total", skipped)
-            self.log.info("skipped events already committed to Kafka", events=skipped)
-        return replace(before, ordinals=ordinals, ends=ends, position=position), produced
+        self._waiting, self._produced, self._events = [], [], 0
 
     def _produce(self, batch: Batch) -> None:
         """Produce ``batch`` into the open transaction (the sink's record format); drop what Kafka can never take."""

@@ -11,7 +11,7 @@ from savegress_gw_plugins.dlq import file as file_dlq
 from savegress_gw_plugins.dlq import kafka as kafka_dlq
 from savegress_gw_plugins.sinks import file as file_sink
 from savegress_gw_plugins.sinks import kafka as kafka_sink
-from savegress_gw_plugins.sources import generator, http
+from savegress_gw_plugins.sources import generator, http, postgres
 from savegress_gw.components import Batch
 from savegress_gw.errors import ProfileError
 from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, WorkerCheckpoint, checkpoint_topic, \
@@ -34,7 +34,7 @@ def profile(**sections: Any) -> dict[str, Any]:
 
 def refusals(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ProfileError) as info:
-        validated(data, *MODULES)
+        validated(data, *MODULES, postgres)
     return info.value.problems
 
 
@@ -64,6 +64,13 @@ def test_combinations_that_cannot_be_exactly_once_are_refused_with_the_reason(se
 def test_a_dead_letter_queue_is_not_implemented_yet_under_exactly_once(dlq_type: str) -> None:
     (problem,) = refusals(profile(dlq={"enabled": True, "type": dlq_type}))
     assert problem.startswith("not implemented yet: dlq with exactly_once")
+
+
+def test_a_postgres_snapshot_is_refused_under_exactly_once_but_streaming_is_accepted() -> None:
+    source = {"type": "postgres", "host": "db", "database": "app", "user": "cdc"}
+    (problem,) = refusals(profile(source=source))
+    assert problem.startswith("not implemented yet: snapshot.enabled with exactly_once.enabled")
+    assert validated(profile(source=source, snapshot={"enabled": False}), *MODULES, postgres).exactly_once.enabled
 
 
 def test_switched_off_it_refuses_nothing() -> None:
