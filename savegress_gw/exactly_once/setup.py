@@ -110,5 +110,6 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
 
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
+    share = profile.buffer.size // (4 * profile.gateway.workers)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
-                                 profile.batching.max_wait, limiter)
+                                 profile.batching.max_wait, max(share, 1), limiter)
