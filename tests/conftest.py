@@ -40,17 +40,21 @@ def make_world() -> Iterator[Callable[..., World]]:
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One real 1-node Apache Kafka (KRaft, from Maven Central jars) for the whole session, with a
-    PLAINTEXT and a SASL/PLAIN listener. Tests that kill brokers start their own 3-node cluster."""
-    from tests.harness.kafka import broker_pids_under, kafka_local
+    PLAINTEXT and a SASL/PLAIN listener. Tests that kill brokers start their own cluster
+    (``kafka_cluster3``, or ``tests.harness.kafka.running_cluster``)."""
+    from tests.harness.kafka import running_cluster
 
-    directory = tmp_path_factory.mktemp("kafka")
-    cluster = kafka_local.LocalKafkaCluster(directory, 1, sasl_plain=True)
-    try:
-        cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("kafka"), 1, sasl_plain=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop(timeout=15)
-        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node cluster per test module, for replication and broker-kill tests."""
+    from tests.harness.kafka import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("kafka3"), 3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(autouse=True)

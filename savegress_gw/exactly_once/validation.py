@@ -51,9 +51,8 @@ def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
         refuse("backpressure.strategy" if strategy == "weighted_fair" else "parallel.priority.enabled",
                "priorities reorder events between read batches, and a worker's checkpoint needs its events "
                "in read order")
-    dlq = profile.selected("dlq")
-    if dlq is not None:
-        problems.append(f"not implemented yet: dlq with exactly_once (a parked event must be written in the "
-                        f"transaction of its batch); switch dlq off (dlq.enabled: false): events Kafka can never "
-                        f"take are then dropped, counted and logged by id")
+    if profile.selected("dlq") is not None:
+        problems.append("not implemented yet: dlq with exactly_once (a parked event must be written in the "
+                        "transaction of its batch); switch dlq off (dlq.enabled: false): events Kafka can never "
+                        "take are then dropped, counted and logged by id")
     return problems

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,3 +41,16 @@ def broker_pids_under(directory: Path) -> list[int]:
         if state != "Z" and b"kafka.Kafka" in cmdline and str(directory).encode() in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+@contextmanager
+def running_cluster(directory: Path, nodes: int, **options: Any) -> Iterator[Any]:
+    """A LocalKafkaCluster of ``nodes`` under ``directory``, started for the block; afterwards every
+    node is stopped (nodes a test left down are fine) and no JVM of it may survive."""
+    cluster = kafka_local.LocalKafkaCluster(directory, nodes, **options)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop(timeout=15)
+        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"

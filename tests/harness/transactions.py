@@ -89,8 +89,10 @@ def exactly_once_profile(gateway_id: str, brokers: str, topic: str, count: int, 
     return profile
 
 
-def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions: int = 4) -> None:
-    """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys ``seq % 997``)."""
+def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions: int = 4,
+                      head: tuple[bytes, ...] = ()) -> None:
+    """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys ``seq % 997``),
+    after the raw records ``head`` at the start of partition 0."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -98,6 +100,8 @@ def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
     producer = Producer({**config, "enable.idempotence": True, "linger.ms": 20})
     errors: list[Any] = []
+    for record in head:
+        producer.produce(topic, record, partition=0)
     for seq in range(1, count + 1):
         envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
                     "after": {"id": seq % 997, "seq": seq}}

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 import requests
-import yaml
 from confluent_kafka import Consumer, TopicPartition
 
 from savegress_gw.components import Batch

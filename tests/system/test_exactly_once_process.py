@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ import psycopg2
 import pytest
 
 from tests.harness.gateway import Gateway, wait_for
-from tests.harness.kafka import broker_pids_under
-from tests.harness.kafka import kafka_local as kl
 from tests.harness.pg_source import pg_profile, release, start_streaming
 from tests.harness.transactions import exactly_once_profile, hanging_partitions, produce_sequenced, read_committed
 from tests.harness.verify import verify_sequences
@@ -101,25 +98,13 @@ def test_sigkills_of_workers_and_gateway_leave_every_event_exactly_once(kafka_cl
     assert hanging_partitions(kafka_cluster.client_config(), CHECKPOINT_PREFIX + topic) == {}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    directory = tmp_path_factory.mktemp("kafka3-eos")
-    cluster = kl.LocalKafkaCluster(directory, 3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop(timeout=15)
-        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
-
-
-def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(cluster: Any, tmp_path: Path) -> None:
+def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(kafka_cluster3: Any, tmp_path: Path) -> None:
     """A worker SIGSTOPped past the transaction timeout, then continued: a transaction it had open
     was aborted by the coordinator (its producer fenced, the worker replaced); a broker restarts
     mid-stream. Zombie fencing itself is tested directly in tests/integration/test_exactly_once_kafka.py."""
     count = 60_000
     topic = f"eos3-{uuid.uuid4().hex[:8]}"
-    profile = exactly_once_profile(topic, cluster.bootstrap_servers, topic, count, rate=6_000)
+    profile = exactly_once_profile(topic, kafka_cluster3.bootstrap_servers, topic, count, rate=6_000)
     profile["output"]["topics"] = {"partitions": 4, "replication_factor": 3}
     profile["replication"] = {"ack_mode": "all", "min_isr": 2}
     profile["exactly_once"]["transaction_timeout"] = "5s"
@@ -132,14 +117,14 @@ def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(cluster: Any, tmp_p
         time.sleep(5 + 4)  # past transaction.timeout.ms and the coordinator's abort sweep
         os.kill(worker, signal.SIGCONT)
         frozen.append(worker)
-        node = cluster.node_ids[-1]
-        cluster.kill(node)
+        node = kafka_cluster3.node_ids[-1]
+        kafka_cluster3.kill(node)
         time.sleep(2)
-        cluster.restart(node)
+        kafka_cluster3.restart(node)
 
     run_with_faults(tmp_path, profile, count, worker_kills=1, gateway_kills=1, extra_fault=freeze_then_restart_broker)
     assert frozen, "the freeze did not run"
-    verify(cluster.client_config(), topic, count)
+    verify(kafka_cluster3.client_config(), topic, count)
 
 
 def test_postgres_to_kafka_exactly_once_through_sigkills(kafka_cluster: Any, postgres: Any, pg_database: str,

@@ -10,7 +10,6 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from confluent_kafka.admin import AdminClient
 
 from tests.harness.gateway import Gateway, children_of, wait_for
 from tests.harness.verify import verify_sequences
-from tests.harness.kafka import broker_pids_under
-from tests.harness.kafka import kafka_local as kl
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -31,15 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    directory = tmp_path_factory.mktemp("kafka3")
-    cluster = kl.LocalKafkaCluster(directory, 3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop(timeout=15)
-        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
+def cluster(kafka_cluster3: Any) -> Any:
+    return kafka_cluster3
 
 
 # --------------------------------------------------------------------------------------------- helpers

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, TopicPartition
 
 from tests.harness.gateway import Gateway, wait_for
+from tests.harness.transactions import produce_sequenced
 from tests.harness.verify import verify_sequences
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -35,23 +35,7 @@ MALFORMED = [b"{not json", orjson.dumps({"table": "users"}), orjson.dumps({"oper
 
 
 def produce_input(cluster: Any, topic: str) -> None:
-    admin = AdminClient(cluster.client_config())
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
-    producer = Producer({**cluster.client_config(), "enable.idempotence": True, "linger.ms": 20})
-    errors: list[Any] = []
-    for malformed in MALFORMED:
-        producer.produce(topic, malformed, partition=0)
-    for seq in range(1, COUNT + 1):
-        envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
-                    "after": {"id": seq % 997, "seq": seq}}
-        while True:
-            try:
-                producer.produce(topic, orjson.dumps(envelope), key=str(seq % 997).encode(),
-                                 on_delivery=lambda err, _: errors.append(err) if err else None)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0 and errors == []
+    produce_sequenced(cluster.client_config(), topic, COUNT, PARTITIONS, head=tuple(MALFORMED))
 
 
 def read_output(cluster: Any, topic: str) -> list[dict[str, Any]]:
