@@ -37,10 +37,11 @@ def committed_count(gateway: Gateway) -> float:
 
 
 def run_with_faults(workdir: Path, profile: dict[str, Any], count: int, worker_kills: int,
-                    gateway_kills: int, extra_fault: Any = None) -> tuple[int, int]:
-    """Run the gateway to the end of its ``count`` events while SIGKILLing random workers, the
+                    gateway_kills: int, extra_fault: Any = None, spacing_s: float = 0.0) -> tuple[int, int]:
+    """Run the gateway to the end of its ``count`` events while SIGKILLing the workers in turn, the
     source process once and, in between, the whole gateway (then starting it again). Returns
-    (child kills, gateway kills)."""
+    (child kills, gateway kills). Faults are at least ``spacing_s`` apart: the supervisor halts a
+    gateway whose child crashes more than 5 times a minute, as it should."""
     rng = random.Random(7)
     kills = restarts = 0
     gateway = Gateway(workdir, profile).start()
@@ -50,13 +51,15 @@ def run_with_faults(workdir: Path, profile: dict[str, Any], count: int, worker_k
         rng.shuffle(plan)
         plan.insert(1, "source")
         for fault in plan:
+            time.sleep(spacing_s)
             before = committed_count(gateway)
             wait_for(lambda: committed_count(gateway) >= before + 2 or gateway.process.poll() is not None, 120,
                      "two more transactions to commit")
             if gateway.process.poll() is not None:
                 break  # the source finished early: faults after the end prove nothing
             if fault in ("worker", "source"):
-                victim = gateway.child(f"worker-{rng.randrange(profile['gateway']['workers'])}" if fault == "worker"
+                # workers in turn: the supervisor halts a gateway whose child crashes > 5 times a minute
+                victim = gateway.child(f"worker-{kills % profile['gateway']['workers']}" if fault == "worker"
                                        else "source")
                 os.kill(victim, signal.SIGKILL)
                 kills += 1
@@ -87,11 +90,11 @@ def verify(config: dict[str, str], topic: str, count: int) -> None:
 def test_sigkills_of_workers_and_gateway_leave_every_event_exactly_once(kafka_cluster: Any, tmp_path: Path,
                                                                         request: pytest.FixtureRequest) -> None:
     soak = request.config.getoption("--soak")
-    count = 400_000 if soak else 60_000
+    count = 2_400_000 if soak else 60_000
     topic = f"eos-{uuid.uuid4().hex[:8]}"
     profile = exactly_once_profile(topic, kafka_cluster.bootstrap_servers, topic, count, rate=5_000)
     kills, restarts = run_with_faults(tmp_path, profile, count, worker_kills=48 if soak else 4,
-                                      gateway_kills=4 if soak else 2)
+                                      gateway_kills=4 if soak else 2, spacing_s=6.5 if soak else 0.0)
     print(f"faults: {kills} child SIGKILLs (one of the source process), {restarts} gateway SIGKILLs")
     assert kills + restarts >= (50 if soak else 6)
     verify(kafka_cluster.client_config(), topic, count)
