@@ -41,7 +41,7 @@ worker also commits once it holds a quarter of its share of ``buffer.size``: eve
 ring until their transaction commits, and a fuller buffer would pause the source (measured: 250 ms
 transactions ran at 0.4x the rate of 100 ms ones, the source stalling on backpressure)."""
 TRANSACTION_MIN_WAIT_S = 0.1
-"""A transaction waits at least this long for frames (``batching.max_wait`` when longer)."""
+"""How long a transaction stays open for more frames (``batching.max_wait`` when longer), unless full."""
 LATENCY_SAMPLES = 8
 
 

@@ -59,11 +59,16 @@ def read_timeout(profile: Any) -> float:
     return 2 * profile.exactly_once.transaction_timeout + READ_MARGIN_S
 
 
+def _isr(profile: Any) -> dict[str, str]:
+    """Topic settings from ``replication.min_isr`` for the topics exactly-once creates."""
+    min_isr = profile.replication.min_isr
+    return {"min.insync.replicas": str(min_isr)} if min_isr else {}
+
+
 def ensure_topics(profile: Any, admin: AdminClient, log: Any) -> None:
     """Create the checkpoint topic (compacted, one partition) and the output topic when allowed."""
     output = profile.output
-    min_isr = profile.replication.min_isr
-    isr = {"min.insync.replicas": str(min_isr)} if min_isr else {}
+    isr = _isr(profile)
     timeout = min(30.0, output.connect_timeout)
     options = TopicOptions(partitions=1, replication_factor=output.topics.replication_factor)
     topic = checkpoint_topic(profile.gateway.id)
@@ -104,7 +109,8 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
     def new_topic(name: str) -> None:
         if output.topics.create:
             try:
-                create_topic(admin, name, output.topics, {}, min(30.0, output.connect_timeout), "kafka output")
+                create_topic(admin, name, output.topics, _isr(profile), min(30.0, output.connect_timeout),
+                             "kafka output")
             except KafkaClientError as exc:
                 log.warning(str(exc))
 
