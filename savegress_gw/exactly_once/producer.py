@@ -122,11 +122,6 @@ class TransactionalProducer:
         if self._producer is not None:
             self._producer.poll(timeout_s)
 
-    def close(self) -> None:
-        """Drop the producer; an open transaction is left to the next ``init_transactions`` (or the
-        coordinator's timeout) to abort."""
-        self._producer = None
-
     def _retrying(self, name: str, call: Callable[[], None]) -> None:
         deadline = time.monotonic() + 2 * self.timeout_s
         while True:
