@@ -17,7 +17,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -235,24 +235,21 @@ class Router:
                 read.remaining += holds
                 self._stage(index, _Frame(payload, events, read, holds))
 
-    def _sequenced_frames(self, batch: Batch, ordinals: list[int], lanes: list[str] | None, marker: Marker | None,
+    def _sequenced_frames(self, batch: Batch, ordinals: list[int], lanes: list[str] | None, marker: Marker,
                           limit: int) -> list[tuple[bytes, int, int]]:
-        """``(payload, events, holds)`` of frames of at most ``limit`` bytes; the marker goes on the last."""
-        payload = encode_sequenced(batch, ordinals, lanes, marker)
-        if len(payload) > limit and len(batch) > 1:
-            half, n = len(batch) // 2, len(batch)
-            return (self._sequenced_frames(batch.slice(0, half), ordinals[:half], lanes and lanes[:half], None, limit)
-                    + self._sequenced_frames(batch.slice(half, n), ordinals[half:], lanes and lanes[half:], marker,
-                                             limit))
-        if len(payload) > limit:
-            self.metrics.inc("events_dropped_total", label="rejected")
-            self.log.error("event larger than a quarter of the worker ring dropped; raise gateway.ring_size",
-                           event_id=batch.ids[0], bytes=len(payload), limit=limit)
-            if marker is None:
-                return []
-            batch = Batch.empty()
-            payload = encode_sequenced(batch, [], None, marker)
-        return [(payload, len(batch), len(batch) + (marker is not None))]
+        """``(payload, events, holds)`` of frames of at most ``limit`` bytes; the marker goes on the
+        last (alone, when the batch is empty or its last event was too large to send)."""
+        n = len(batch)
+
+        def encode_range(start: int, stop: int) -> bytes:
+            return encode_sequenced(batch.slice(start, stop), ordinals[start:stop],
+                                    lanes and lanes[start:stop], marker if stop == n else None)
+
+        frames = [(payload, stop - start, stop - start + (stop == n))
+                  for payload, start, stop in self._fitting(batch, encode_range, limit)]
+        if not frames or frames[-1][2] == frames[-1][1]:  # no frame ended at n: the marker travels alone
+            frames.append((encode_sequenced(Batch.empty(), [], None, marker), 0, 1))
+        return frames
 
     def _by_priority(self, batch: Batch) -> list[tuple[int, Batch]]:
         """``batch`` split by priority class of its tables (one NORMAL part without priorities)."""
@@ -300,19 +297,35 @@ class Router:
         self.metrics.set("spill_bytes", self.spill.bytes)
 
     def _frames(self, batch: Batch, limit: int) -> list[tuple[bytes, int]]:
-        """Encode ``batch`` as frames of at most ``limit`` bytes (halving it until they fit)."""
-        if not batch:
-            return []
-        payload = encode_frame(batch)
-        if len(payload) <= limit:
-            return [(payload, len(batch))]
-        if len(batch) == 1:
-            self.metrics.inc("events_dropped_total", label="rejected")
-            self.log.error("event larger than a quarter of the worker ring dropped (no dead-letter queue yet); "
-                           "raise gateway.ring_size", event_id=batch.ids[0], bytes=len(payload), limit=limit)
-            return []
-        half = len(batch) // 2
-        return self._frames(batch.slice(0, half), limit) + self._frames(batch.slice(half, len(batch)), limit)
+        """Encode ``batch`` as frames of at most ``limit`` bytes: ``(payload, events)``."""
+        def encode_range(start: int, stop: int) -> bytes:
+            return encode_frame(batch if stop - start == len(batch) else batch.slice(start, stop))
+
+        return [(payload, stop - start) for payload, start, stop in self._fitting(batch, encode_range, limit)]
+
+    def _fitting(self, batch: Batch, encode_range: Callable[[int, int], bytes],
+                 limit: int) -> list[tuple[bytes, int, int]]:
+        """``(payload, start, stop)`` covering ``batch`` in order with payloads of at most ``limit``
+        bytes, halving ranges that do not fit; an event that alone does not fit is dropped (counted
+        and logged), so the frames may leave gaps."""
+        frames: list[tuple[bytes, int, int]] = []
+
+        def cover(start: int, stop: int) -> None:
+            payload = encode_range(start, stop)
+            if len(payload) <= limit:
+                frames.append((payload, start, stop))
+            elif stop - start == 1:
+                self.metrics.inc("events_dropped_total", label="rejected")
+                self.log.error("event larger than a quarter of the worker ring dropped (no dead-letter queue yet); "
+                               "raise gateway.ring_size", event_id=batch.ids[start], bytes=len(payload), limit=limit)
+            else:
+                middle = (start + stop) // 2
+                cover(start, middle)
+                cover(middle, stop)
+
+        if len(batch):
+            cover(0, len(batch))
+        return frames
 
     def _encoded(self, read_batch: SourceBatch) -> Batch:
         """The read batch filtered, normalized (unless trusted) and encoded as columns."""
