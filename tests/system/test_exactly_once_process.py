@@ -103,9 +103,10 @@ def test_sigkills_of_workers_and_gateway_leave_every_event_exactly_once(kafka_cl
 
 
 def test_a_frozen_worker_and_a_broker_restart_on_three_nodes(kafka_cluster3: Any, tmp_path: Path) -> None:
-    """A worker SIGSTOPped past the transaction timeout, then continued: a transaction it had open
-    was aborted by the coordinator (its producer fenced, the worker replaced); a broker restarts
-    mid-stream. Zombie fencing itself is tested directly in tests/integration/test_exactly_once_kafka.py."""
+    """A worker SIGSTOPped past the transaction timeout, then continued (had it a transaction open,
+    the coordinator aborts it and the worker's commit is fenced; either way nothing may be lost or
+    doubled), and a broker restarted mid-stream. Fencing itself is asserted directly in
+    tests/integration/test_exactly_once_kafka.py."""
     count = 60_000
     topic = f"eos3-{uuid.uuid4().hex[:8]}"
     profile = exactly_once_profile(topic, kafka_cluster3.bootstrap_servers, topic, count, rate=6_000)
