@@ -1,19 +1,29 @@
-"""PostgreSQL change capture through the real gateway into the file sink.
+"""PostgreSQL change capture through the real gateway into Kafka (default) or the file sink.
 
-A throwaway PostgreSQL (scripts/pg_local.py) with a pgbench-style ``accounts`` table; writer
-processes commit transactions of ``--rows-per-tx`` ``UPDATE accounts SET abalance = abalance +
-1 WHERE aid = ANY(...)`` at an offered rate. Two measurements:
+A throwaway PostgreSQL (scripts/pg_local.py) and, for ``--sink kafka``, a 1-node Apache Kafka from
+scripts/kafka_local.py on the same host. Three measurements, each with its own slot, publication
+and topic (or file):
 
+* **snapshot**: ``--snapshot-rows`` rows of ~600 bytes (the 12 mixed columns of
+  ``bench/pg_snapshot.py``) read by the gateway's initial snapshot (``snapshot.exit_after``):
+  rows/s between the first and the last delivered row, and from the gateway's start to its exit,
+  with the CPU seconds of all gateway processes.
 * **catch-up**: ``--backlog`` changes are committed before the gateway starts; the time from its
   first to its last delivered change gives the capacity in changes/s.
-* **steady**: writers offer ``--rate`` changes/s for ``--seconds``; printed are the delivered
-  changes/s, commit-to-sink latency p50/p99 (the time a line was seen in the sink file minus the
-  event's commit timestamp; the file is tailed every 2 ms and every 10th line is sampled) and
-  the replication lag (``savegress_replication_lag_seconds`` and the slot's unconfirmed bytes,
-  averaged over the first and the second half, to see whether it stays flat). The first
-  ``--warmup`` seconds of the steady phase are not measured (the p99 of every 5 s window is printed too).
+* **steady**: writers commit pgbench-style ``UPDATE accounts SET abalance = abalance + 1 WHERE
+  aid = ANY(...)`` transactions of ``--rows-per-tx`` rows at ``--rate`` changes/s for
+  ``--seconds``; printed are the delivered changes/s, commit-to-sink latency p50/p99 (overall and
+  per 5 s window) and the replication lag (``savegress_replication_lag_seconds`` and the slot's
+  unconfirmed bytes, averaged over the first and the second half, to see whether it stays flat).
+  The first ``--warmup`` seconds are not measured.
 
-    python bench/pg_cdc.py [--backlog 300000] [--rate 25000] [--seconds 30] [--workers 1]
+"Delivered" is the broker's append time (topics are created with
+``message.timestamp.type=LogAppendTime`` and read back by a consumer) or, for the file sink, the
+time a line was seen in the file (tailed every 2 ms). Latency is that time minus the change's
+PostgreSQL commit timestamp (the envelope's ``timestamp``), sampled on every 10th change.
+
+    python bench/pg_cdc.py [--sink kafka|file] [--snapshot-rows 300000] [--backlog 300000]
+                           [--rate 20000] [--seconds 60] [--workers 1]
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,21 +39,30 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import requests
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from pg_snapshot import SCHEMA as SNAPSHOT_SCHEMA  # noqa: E402
 from tests.harness.gateway import free_port  # noqa: E402
+from tests.harness.kafka import kafka_local  # noqa: E402
 from tests.harness.postgres import pg_local  # noqa: E402
 
 ACCOUNTS = 100_000
+SAMPLE_EVERY = 10
+"""Latency is computed for every 10th delivered change (parsing each would load the bench itself)."""
+KAFKA_OUTPUT = {"acks": "all", "compression": "lz4", "linger_ms": 5, "batch_size": 1_000_000}
 
 
-def writer(dsn: str, rate: float, rows_per_tx: int, stop_at: float, seed: int, done: mp.Value) -> None:
+def writer(dsn: str, rate: float, rows_per_tx: int, stop_at: float, seed: int, done: Any) -> None:
     """Commit ``rate`` changes/s (paced per transaction) until ``stop_at`` (monotonic)."""
     rng = random.Random(seed)
     # The test server commits asynchronously (WAL reaches the walsender up to wal_writer_delay
@@ -66,26 +86,57 @@ def writer(dsn: str, rate: float, rows_per_tx: int, stop_at: float, seed: int, d
     conn.close()
 
 
-def write_backlog(dsn: str, changes: int, rows_per_tx: int) -> None:
+def write_backlog(dsn: str, changes: int) -> None:
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        for first in range(0, changes, 5000):  # one statement per 5000 changes, committed per rows_per_tx
+        for first in range(0, changes, 5000):  # one transaction per 5000 changes
             cur.execute("UPDATE accounts SET abalance = abalance + 1 WHERE aid BETWEEN %s AND %s",
                         (first % ACCOUNTS + 1, first % ACCOUNTS + 5000))
     conn.close()
 
 
-class Tail(threading.Thread):
-    """Follows the sink file: counts lines with their arrival time, samples commit-to-sink latency."""
+def commit_time(payload: bytes) -> float | None:
+    """The envelope's ``timestamp`` (the change's commit time) as Unix seconds."""
+    at = payload.find(b'"timestamp":"')
+    if at < 0:
+        return None
+    stamp = payload[at + 13:at + 39].decode()
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Delivered(threading.Thread):
+    """Follows a sink: ``stamps`` holds each delivered event's delivery time (Unix seconds, in
+    delivery order), ``latencies`` (delivery time, seconds since commit) of every 10th UPDATE."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.stamps: list[float] = []
+        self.latencies: list[tuple[float, float]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.stamps)
+
+    def _sample(self, delivered_at: float, payload: bytes) -> None:
+        if b'"UPDATE"' in payload:
+            commit = commit_time(payload)
+            if commit is not None:
+                self.latencies.append((delivered_at, delivered_at - commit))
+
+    def rate(self, begin: float, end: float) -> float:
+        """Delivered events per second between the first and the last delivery in [begin, end]."""
+        inside = [t for t in self.stamps if begin <= t <= end]
+        return (len(inside) - 1) / (inside[-1] - inside[0]) if len(inside) > 1 and inside[-1] > inside[0] else 0.0
+
+
+class FileTail(Delivered):
+    """The file sink's output file, tailed every 2 ms (arrival = when the line was read)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.path = path
-        self.stop = threading.Event()
-        self.arrivals: list[tuple[float, int]] = []  # (time, lines so far)
-        self.latencies: list[tuple[float, float]] = []  # (arrival time, seconds since commit)
-        self.lines = 0
 
     def run(self) -> None:
         while not self.path.exists() and not self.stop.is_set():
@@ -100,15 +151,60 @@ class Tail(threading.Thread):
                 now = time.time()
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
-                for index in range(0, len(lines), 10):
-                    line = lines[index]
-                    at = line.find(b'"timestamp":"')
-                    if at >= 0 and b'"UPDATE"' in line:
-                        stamp = line[at + 13:at + 39].decode()
-                        commit = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-                        self.latencies.append((now, now - commit))
-                self.lines += len(lines)
-                self.arrivals.append((now, self.lines))
+                for line in lines[::SAMPLE_EVERY]:
+                    self._sample(now, line)
+                self.stamps.extend([now] * len(lines))
+
+
+class TopicReader(Delivered):
+    """A Kafka topic read from the beginning; delivery = the broker's append time (LogAppendTime)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__()
+        from confluent_kafka import Consumer
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                  "fetch.wait.max.ms": 5})
+        self.consumer.subscribe([topic])
+
+    def run(self) -> None:
+        seen = 0
+        while not self.stop.is_set():
+            messages = self.consumer.consume(10_000, 0.05)
+            stamps = self.stamps
+            for message in messages:
+                if message.error():
+                    continue
+                appended = message.timestamp()[1] / 1000
+                stamps.append(appended)
+                seen += 1
+                if seen % SAMPLE_EVERY == 0:
+                    self._sample(appended, message.value())
+        self.consumer.close()
+
+
+class Sink:
+    """Where the gateway writes in one phase, and how the bench reads it back."""
+
+    def __init__(self, kind: str, bootstrap: str | None, workdir: Path, name: str) -> None:
+        self.kind, self.bootstrap, self.name = kind, bootstrap, name
+        self.path = workdir / "out" / f"{name}.jsonl"
+        self.topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        if kind == "kafka":
+            from confluent_kafka.admin import AdminClient, NewTopic
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            config = {"message.timestamp.type": "LogAppendTime"}
+            admin.create_topics([NewTopic(self.topic, 6, 1, config=config)])[self.topic].result(30)
+
+    def output(self) -> dict[str, Any]:
+        if self.kind == "kafka":
+            return {"type": "kafka", "brokers": [self.bootstrap], "topic": self.topic, **KAFKA_OUTPUT}
+        return {"type": "file", "path": str(self.path), "rotate": {"enabled": False}}
+
+    def reader(self) -> Delivered:
+        follower = TopicReader(self.bootstrap, self.topic) if self.kind == "kafka" else FileTail(self.path)
+        follower.start()
+        return follower
 
 
 def metric(port: int, name: str) -> float | None:
@@ -122,29 +218,38 @@ def metric(port: int, name: str) -> float | None:
     return None
 
 
-def start_gateway(workdir: Path, pg, workers: int, port: int) -> subprocess.Popen:
+def start_gateway(workdir: Path, name: str, source: dict[str, Any], snapshot: dict[str, Any], output: dict[str, Any],
+                  workers: int, port: int) -> subprocess.Popen:
+    """Start ``savegress-gw`` on a profile written to ``workdir/<name>.yaml``."""
     profile = {
         "gateway": {"workers": workers, "heartbeat_timeout": "120s"},
-        "source": {"type": "postgres", "host": "127.0.0.1", "port": pg.port, "database": "bench",
-                   "user": "postgres", "slot_name": "bench", "publication": "bench",
-                   "standby_message_interval": "1s", "heartbeat_interval_seconds": 1},
-        "snapshot": {"enabled": False},
-        "output": {"type": "file", "path": str(workdir / "out" / "events.jsonl"), "rotate": {"enabled": False}},
+        "source": source,
+        "snapshot": snapshot,
+        "output": output,
         "batching": {"max_size": 2000, "max_wait": "10ms"},
         "buffer": {"size": 32768},
-        "checkpoint": {"dir": str(workdir / "checkpoints"), "interval": "1s"},
+        "checkpoint": {"dir": str(workdir / f"checkpoints-{name}"), "interval": "1s"},
         "metrics": {"address": f"127.0.0.1:{port}"},
         "logging": {"level": "warn"},
     }
-    path = workdir / "profile.yaml"
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(profile))
-    process = subprocess.Popen([sys.executable, "-m", "savegress_gw", "start", "-c", str(path)],
-                               stdout=open(workdir / "gateway.log", "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "savegress_gw", "start", "-c", str(path)],
+                            stdout=open(workdir / "gateway.log", "ab"), stderr=subprocess.STDOUT)
+
+
+def pg_source(pg: Any, slot: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "postgres", "host": "127.0.0.1", "port": pg.port, "database": "bench", "user": "postgres",
+            "slot_name": slot, "publication": slot, "standby_message_interval": "1s",
+            "heartbeat_interval_seconds": 1, **extra}
+
+
+def wait_streaming(pg: Any, process: subprocess.Popen, slot: str, workdir: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        rows = pg.execute("SELECT active FROM pg_replication_slots WHERE slot_name = 'bench'", dbname="bench")
+        rows = pg.execute(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'", dbname="bench")
         if rows and rows[0][0]:
-            return process
+            return
         if process.poll() is not None:
             raise SystemExit(f"gateway exited with {process.returncode}: see {workdir / 'gateway.log'}")
         time.sleep(0.1)
@@ -156,50 +261,82 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backlog", type=int, default=300_000)
-    parser.add_argument("--rate", type=float, default=25_000, help="offered changes/s in the steady phase")
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=15, help="seconds of the steady phase not measured")
-    parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--rows-per-tx", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 1)[0]
 
-    root = Path(tempfile.mkdtemp(prefix="sg-pgbench-"))
-    pg = pg_local.LocalPostgres(root / "pg")
-    pg.start()
-    gateway = None
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse.Namespace) -> None:
+    """The initial snapshot of ``rows`` ~600-byte rows, start to exit (``snapshot.exit_after``)."""
+    conn = psycopg2.connect(pg.dsn(dbname="bench"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(SNAPSHOT_SCHEMA, {"rows": rows})
+        cur.execute("SELECT avg(length(t::text))::int FROM (SELECT * FROM bench_rows LIMIT 1000) t")
+        (row_bytes,) = cur.fetchone()
+    conn.close()
+    follower = sink.reader()
+    cpu_before = children_cpu()
+    started = time.time()
+    gateway = start_gateway(workdir, "snapshot", pg_source(pg, "snap", tables=["public.bench_rows"],
+                                                           drop_slot_on_close=True),
+                            {"enabled": True, "exit_after": True, "batch_size": args.snapshot_batch,
+                             "parallel_workers": args.snapshot_workers},
+                            sink.output(), args.workers, free_port())
+    if gateway.wait(900) != 0:
+        raise SystemExit(f"snapshot gateway exited with {gateway.returncode}: see {workdir / 'gateway.log'}")
+    exited = time.time()
+    cpu = children_cpu() - cpu_before
+    deadline = time.monotonic() + 60
+    while follower.count < rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    follower.stop.set()
+    follower.join(10)
+    if follower.count < rows:
+        raise SystemExit(f"snapshot: {follower.count} of {rows} rows delivered")
+    first, last = follower.stamps[0], follower.stamps[-1]
+    print(f"snapshot: {rows:,} rows (~{row_bytes} bytes of text each) -> {sink.kind}: "
+          f"{rows / (last - first):,.0f} rows/s first to last delivery ({last - first:.2f}s), "
+          f"{rows / (exited - started):,.0f} rows/s gateway start to exit ({exited - started:.2f}s); "
+          f"gateway CPU {cpu:.1f}s = {rows / cpu:,.0f} rows per CPU-second "
+          f"(batch_size {args.snapshot_batch}, parallel_workers {args.snapshot_workers}, "
+          f"workers {args.workers}; load {loadavg()})")
+
+
+def stream_phases(pg: Any, workdir: Path, sink: Sink, args: argparse.Namespace) -> None:
+    """Catch-up of a backlog, then the steady phase (module docstring)."""
+    pg.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))",
+               dbname="bench")
+    pg.execute(f"INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, {ACCOUNTS}) g",
+               dbname="bench")
+    dsn = pg.dsn(dbname="bench")
+    port = free_port()
+    source = pg_source(pg, "bench", tables=["public.accounts"])
+    snapshot = {"enabled": False}
+    # Create slot and publication with a first start, so the backlog is captured.
+    gateway = start_gateway(workdir, "stream", source, snapshot, sink.output(), args.workers, port)
     try:
-        pg.create_database("bench")
-        pg.execute("CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))",
-                   dbname="bench")
-        pg.execute(f"INSERT INTO accounts SELECT g, g % 10, 0, '' FROM generate_series(1, {ACCOUNTS}) g",
-                   dbname="bench")
-        dsn = pg.dsn(dbname="bench")
-        port = free_port()
-        workdir = root / "gw"
-        workdir.mkdir()
-        # Create slot and publication with a first start, so the backlog is captured.
-        gateway = start_gateway(workdir, pg, args.workers, port)
+        wait_streaming(pg, gateway, "bench", workdir)
         gateway.terminate()
         gateway.wait(60)
 
-        write_backlog(dsn, args.backlog, args.rows_per_tx)
-        tail = Tail(workdir / "out" / "events.jsonl")
-        tail.start()
-        gateway = start_gateway(workdir, pg, args.workers, port)
+        write_backlog(dsn, args.backlog)
+        follower = sink.reader()
+        gateway = start_gateway(workdir, "stream", source, snapshot, sink.output(), args.workers, port)
+        wait_streaming(pg, gateway, "bench", workdir)
         deadline = time.monotonic() + 600
-        while tail.lines < args.backlog and time.monotonic() < deadline:
+        while follower.count < args.backlog and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = next(t for t, n in tail.arrivals if n > 0)
-        last = next(t for t, n in tail.arrivals if n >= args.backlog)
-        catch_up = args.backlog / (last - first)
-        print(f"catch-up: {args.backlog} changes in {last - first:.2f}s = {catch_up:,.0f} changes/s "
-              f"(workers={args.workers})")
+        if follower.count >= args.backlog > 0:
+            first, last = follower.stamps[0], follower.stamps[args.backlog - 1]
+            print(f"catch-up: {args.backlog:,} changes in {last - first:.2f}s = {args.backlog / (last - first):,.0f} "
+                  f"changes/s (workers={args.workers}; load {loadavg()})")
 
-        start_lines = tail.lines
+        start_count = follower.count
         done = mp.Value("q", 0)
         begin, wall_begin = time.monotonic(), time.time()
         stop_at = begin + args.seconds
@@ -208,41 +345,80 @@ def main() -> None:
                                                    done)) for i in range(args.writers)]
         for process in writers:
             process.start()
-        lag_samples: list[tuple[float, float, float]] = []
+        lag_samples: list[tuple[float, float]] = []
+        loads = []
         while time.monotonic() < stop_at:
             time.sleep(1.0)
             lag = metric(port, "savegress_replication_lag_seconds")
             slot = pg.execute("SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots"
                               " WHERE slot_name = 'bench'", dbname="bench")[0][0]
-            lag_samples.append((time.monotonic() - begin, lag or 0.0, float(slot)))
+            lag_samples.append((lag or 0.0, float(slot)))
+            loads.append(float(loadavg()))
         for process in writers:
             process.join(60)
         offered = done.value / args.seconds
         deadline = time.monotonic() + 120
-        while tail.lines - start_lines < done.value and time.monotonic() < deadline:
+        while follower.count - start_count < done.value and time.monotonic() < deadline:
             time.sleep(0.05)
-        window = [(t, n) for t, n in tail.arrivals if wall_begin + args.warmup <= t <= wall_end]
-        delivered = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
-        steady = [s for t, s in tail.latencies if wall_begin + args.warmup <= t <= wall_end]
+        follower.stop.set()
+        delivered = follower.rate(wall_begin + args.warmup, wall_end)
+        steady = [s for t, s in follower.latencies if wall_begin + args.warmup <= t <= wall_end]
         half = len(lag_samples) // 2
         print(f"steady: offered {offered:,.0f} changes/s ({args.writers} writers, {args.rows_per_tx} rows/tx), "
-              f"delivered {delivered:,.0f} changes/s over the last {args.seconds - args.warmup:.0f} of {args.seconds:.0f}s")
-        print(f"commit-to-sink latency after the warm-up: p50 {percentile(steady, 0.5) * 1000:.0f} ms, "
-              f"p99 {percentile(steady, 0.99) * 1000:.0f} ms ({len(steady)} samples)")
+              f"delivered {delivered:,.0f} changes/s over the last {args.seconds - args.warmup:.0f} of "
+              f"{args.seconds:.0f}s into {sink.kind} (workers={args.workers}; load {min(loads):.1f}-{max(loads):.1f})")
+        print(f"commit-to-{'broker' if sink.kind == 'kafka' else 'sink'} latency after the warm-up: "
+              f"p50 {percentile(steady, 0.5) * 1000:.0f} ms, p99 {percentile(steady, 0.99) * 1000:.0f} ms "
+              f"({len(steady)} samples)")
         windows = []
         for start in range(0, int(args.seconds), 5):
-            part = [s for t, s in tail.latencies if wall_begin + start <= t < wall_begin + start + 5]
-            windows.append(f"{percentile(part, 0.99) * 1000:.0f}")
-        print(f"p99 per 5 s window from the writers' start (ms): {' '.join(windows)}")
+            part = [s for t, s in follower.latencies if wall_begin + start <= t < wall_begin + start + 5]
+            windows.append(f"{percentile(part, 0.5) * 1000:.0f}/{percentile(part, 0.99) * 1000:.0f}")
+        print(f"p50/p99 per 5 s window from the writers' start (ms): {' '.join(windows)}")
         print("replication lag: {:.3f}s -> {:.3f}s (first/second half mean), slot unconfirmed "
               "{:,.0f} -> {:,.0f} bytes".format(
-                  statistics.mean(s[1] for s in lag_samples[:half]), statistics.mean(s[1] for s in lag_samples[half:]),
-                  statistics.mean(s[2] for s in lag_samples[:half]), statistics.mean(s[2] for s in lag_samples[half:])))
-        tail.stop.set()
+                  statistics.mean(s[0] for s in lag_samples[:half]), statistics.mean(s[0] for s in lag_samples[half:]),
+                  statistics.mean(s[1] for s in lag_samples[:half]), statistics.mean(s[1] for s in lag_samples[half:])))
     finally:
-        if gateway is not None and gateway.poll() is None:
+        if gateway.poll() is None:
             gateway.terminate()
             gateway.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sink", choices=("kafka", "file"), default="kafka")
+    parser.add_argument("--snapshot-rows", type=int, default=300_000, help="0: no snapshot phase")
+    parser.add_argument("--snapshot-batch", type=int, default=10_000, help="snapshot.batch_size")
+    parser.add_argument("--snapshot-workers", type=int, default=1, help="snapshot.parallel_workers")
+    parser.add_argument("--backlog", type=int, default=300_000)
+    parser.add_argument("--rate", type=float, default=20_000, help="offered changes/s in the steady phase")
+    parser.add_argument("--seconds", type=float, default=60, help="0: no catch-up and steady phases")
+    parser.add_argument("--warmup", type=float, default=15, help="seconds of the steady phase not measured")
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--rows-per-tx", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="sg-pgbench-"))
+    pg = pg_local.LocalPostgres(root / "pg")
+    cluster = None
+    try:
+        pg.start()
+        pg.create_database("bench")
+        workdir = root / "gw"
+        workdir.mkdir()
+        bootstrap = None
+        if args.sink == "kafka":
+            cluster = kafka_local.LocalKafkaCluster(root / "kafka", 1).start()
+            bootstrap = cluster.bootstrap_servers
+        if args.snapshot_rows:
+            snapshot_phase(pg, workdir, Sink(args.sink, bootstrap, workdir, "snapshot"), args.snapshot_rows, args)
+        if args.seconds:
+            stream_phases(pg, workdir, Sink(args.sink, bootstrap, workdir, "stream"), args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
         pg.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
 
