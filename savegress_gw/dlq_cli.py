@@ -122,8 +122,11 @@ def replay_profile(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     ``source`` becomes ``{type: dlq_replay, base_dir: <dlq.base_dir>, ids}`` for a file queue and
     ``{type: dlq_replay, ids}`` (the profile's own queue) for another; everything else stays, so
     failures are parked again in the same queue. ``gateway.id`` gets ``-dlq-replay``
-    appended (Kafka client ids and process titles must not clash with the running gateway) and
-    ``metrics`` is switched off (its port belongs to the running gateway).
+    appended (Kafka client ids and process titles must not clash with the running gateway),
+    ``metrics`` is switched off (its port belongs to the running gateway) and so is
+    ``exactly_once``: the queue is no source that can be replayed in order from a position, so a
+    replay is at least once (an entry is removed only after its event was delivered; a crash in
+    between delivers it again at the next replay).
     """
     source: dict[str, Any] = {"type": "dlq_replay"}
     if queue_type(data) == QUEUE_TYPE:
@@ -133,7 +136,10 @@ def replay_profile(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     gateway = dict(data.get("gateway") or {})
     gateway["id"] = f"{gateway.get('id', GatewaySettings().id)}-dlq-replay"
     metrics = {**(data.get("metrics") or {}), "enabled": False}
-    return {**data, "source": source, "gateway": gateway, "metrics": metrics}
+    replay = {**data, "source": source, "gateway": gateway, "metrics": metrics}
+    if data.get("exactly_once"):
+        replay["exactly_once"] = {**data["exactly_once"], "enabled": False}
+    return replay
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.batching import make_batcher
 from savegress_gw.circuit import CircuitBreaker
-from savegress_gw.components import Compressor, Context, DeadLetterQueue
+from savegress_gw.components import Compressor, Context, DeadLetterQueue, Limiter
 from savegress_gw.compressing import MeteredCompressor
 from savegress_gw.deadletter.holds import KeyedQueue, KeyHolds
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, GatewayError
@@ -74,17 +74,24 @@ def main(args: ChildArgs) -> None:
 
 
 def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[TransactionalPipeline, list]:
-    """The exactly-once pipeline: a transactional producer instead of the sink component (and the
-    rate limiter, when one is configured)."""
+    """The exactly-once pipeline: a transactional producer instead of the sink component, which
+    also writes the dead-letter records (the dead-letter queue component only sets up its topic
+    and reads it back for ``preserve_order``); the rate limiter, when one is configured."""
+    profile = runtime.profile
     ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
-    limiter = instantiate("limiter", runtime.profile, runtime.registry)
-    if limiter is not None:
-        open_component(limiter, Context(process=runtime.name, worker_index=runtime.args.index,
-                                        log=log.bind(component="limiter"), profile=runtime.profile,
-                                        shared=runtime.args.shared.get("limiter")))
-    pipeline = build_pipeline(runtime.profile, runtime.args.index, ring, runtime.metrics,
-                              log.bind(component="exactly-once"), limiter)
-    return pipeline, [limiter] if limiter is not None else []
+    opened = []
+    for kind in ("limiter", "dlq"):
+        component = instantiate(kind, profile, runtime.registry)
+        if component is not None:
+            open_component(component, Context(process=runtime.name, worker_index=runtime.args.index,
+                                              log=log.bind(component=kind), profile=profile,
+                                              shared=runtime.args.shared.get(kind)))
+            opened.append(component)
+    limiter = next((c for c in opened if isinstance(c, Limiter)), None)
+    dlq = next((c for c in opened if isinstance(c, DeadLetterQueue)), None)
+    pipeline = build_pipeline(profile, runtime.args.index, ring, runtime.metrics, log.bind(component="exactly-once"),
+                              limiter, dlq, _holds(profile, dlq, log))
+    return pipeline, opened
 
 
 def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:

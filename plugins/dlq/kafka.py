@@ -170,6 +170,10 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         elif output is not None and config.brokers is None and output.topic_template is None \
                 and target.topic == output.topic:
             problems.append(f"dlq.topic: {target.topic!r} is output.topic; parked events would mix with delivered ones")
+        if profile.exactly_once.enabled and config.brokers is not None:
+            problems.append("dlq.brokers: with exactly_once.enabled the dead-letter topic must be on the output's "
+                            "cluster (a parked event is written in its batch's transaction, and a transaction "
+                            "spans one cluster); remove dlq.brokers, dlq.sasl and dlq.tls")
         heartbeat = profile.gateway.heartbeat_timeout
         if config.timeout >= heartbeat:
             problems.append(f"dlq.timeout: {config.timeout:g}s must be below gateway.heartbeat_timeout {heartbeat:g}s "
@@ -291,15 +295,11 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             self._log.warning("replacing the dead-letter producer after a fatal error", error=self._errors.fatal)
             producer, _ = self._new_producer()
         topic, timeout = self._target.topic, self.config.timeout
-        parked = now_iso()
-        common = [(H_REASON, reason), (H_ERROR_CLASS, error_class(reason)), (H_ATTEMPTS, str(attempts)),
-                  (H_FIRST_FAILURE, parked), (H_LAST_FAILURE, parked), (H_ORIGIN, origin)]
         outcomes: list[Outcome] = []
         delivery = BatchDelivery(n, outcomes.append, ("max_record_size", self.config.max_record_size),
                                  keys=batch.keys, values=batch.payloads)
         deadline = time.monotonic() + timeout
-        for i, original in enumerate(self._original_topics(batch)):
-            headers = [*event_headers(batch, i), *common, (H_ORIGINAL_TOPIC, original)]
+        for i, headers in enumerate(self.record_headers(batch, [reason] * n, attempts, origin)):
             if not self._produce(producer, delivery, batch, i, headers, deadline):
                 delivery.fail_rest(range(i, n), "_QUEUE_FULL", "librdkafka's queue stayed full", None)
                 break
@@ -315,6 +315,28 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         if outcome.status is not Status.DELIVERED or outcome.failed:
             raise KafkaDlqError(f"{_LABEL}: {len(outcome.failed) or n} of {n} records to topic {topic!r} failed: "
                                 f"{outcome.reason}")
+
+    @property
+    def topic(self) -> str:
+        """The dead-letter topic (after ``open()``)."""
+        return self._target.topic
+
+    @property
+    def max_record_size(self) -> int:
+        return self.config.max_record_size
+
+    def record_headers(self, batch: Batch, reasons: list[str], attempts: int, origin: str
+                       ) -> list[list[tuple[str, str]]]:
+        """The headers of each event's dead-letter record (the record's key and value are the
+        event's own): the savegress event headers, then the failure (``reasons[i]`` for event ``i``).
+
+        Also used by the exactly-once worker, which writes these records in its own transaction.
+        """
+        parked = now_iso()
+        return [[*event_headers(batch, i), (H_REASON, reason), (H_ERROR_CLASS, error_class(reason)),
+                 (H_ATTEMPTS, str(attempts)), (H_FIRST_FAILURE, parked), (H_LAST_FAILURE, parked),
+                 (H_ORIGIN, origin), (H_ORIGINAL_TOPIC, original)]
+                for i, (reason, original) in enumerate(zip(reasons, self._original_topics(batch)))]
 
     def _produce(self, producer: Producer, delivery: BatchDelivery, batch: Batch, i: int,
                  headers: list[tuple[str, str]], deadline: float) -> bool:

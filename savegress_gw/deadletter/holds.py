@@ -88,10 +88,24 @@ class KeyHolds:
 
     def parked(self, batch: Batch) -> None:
         """``batch`` was parked: hold its keys (behind its first event of each new key)."""
-        self._parks += 1
         for key, event_id in zip(batch.keys, batch.ids):
-            self._held.setdefault(key, event_id)
-            self._last_park[key] = self._parks
+            self.hold(key, event_id)
+
+    def hold(self, key: str, event_id: str) -> None:
+        """Event ``event_id`` of ``key`` is (being) parked: hold the key behind it unless it is held already."""
+        self._parks += 1
+        self._held.setdefault(key, event_id)
+        self._last_park[key] = self._parks
+
+    def snapshot(self) -> tuple[dict[str, str], dict[str, int]]:
+        """The held keys now, for :meth:`restore` (exactly-once: holds roll back with an aborted transaction)."""
+        return dict(self._held), dict(self._last_park)
+
+    def restore(self, snapshot: tuple[dict[str, str], dict[str, int]]) -> None:
+        """Hold exactly the keys of ``snapshot`` again (a running scan still releases only keys
+        not parked since it started)."""
+        held, last_park = snapshot
+        self._held, self._last_park = dict(held), dict(last_park)
 
     def poll(self, now: float) -> None:
         """Take in a finished scan (releasing keys) and start the next one when it is due."""

@@ -11,5 +11,6 @@ ordinal its own committed checkpoint already covers. Modules:
 * :mod:`.frames` - the ring frame format that carries ordinals and read-batch markers;
 * :mod:`.checkpoints` - the checkpoint topic: records, creation, reading back to the high watermark;
 * :mod:`.producer` - one transaction's life with librdkafka's error classes;
-* :mod:`.loop` - the worker's transactional pipeline.
+* :mod:`.loop` - the worker's transactional pipeline;
+* :mod:`.parking` - events Kafka cannot take, parked in the dead-letter topic inside the transaction.
 """

@@ -11,8 +11,11 @@ memory, with the profile's retry backoff; a fenced or failed producer ends the w
 replacement re-reads the checkpoint).
 
 Events that cannot be produced at all (larger than ``output.max_request_size``, a topic template
-giving no legal name) are dropped, counted under ``events_dropped_total{reason="rejected"}`` and
-logged by id, as the at-least-once pipeline does without a dead-letter queue.
+giving no legal name) are parked in the dead-letter topic inside the same transaction, or dropped
+without one (:mod:`~savegress_gw.exactly_once.parking`). The producer's ``message.max.bytes`` is
+raised to the dead-letter topic's record limit, so output records are checked against
+``output.max_request_size`` here, as librdkafka would count them
+(:func:`~savegress_gw.kafka.record_size.record_size`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from confluent_kafka import KafkaError, KafkaException
 from savegress_gw.components import Batch, Limiter, Status
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key
 from savegress_gw.exactly_once.frames import Marker, SequencedFrame, decode_sequenced
+from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import TransactionAborted, TransactionalProducer
 from savegress_gw.kafka.errors import describe, status_of
-from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP
+from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP, \
+    event_headers
+from savegress_gw.kafka.record_size import RECORD_OVERHEAD, record_size
 from savegress_gw.kafka.routing import Router
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.profile.settings import RetrySettings
@@ -43,6 +49,7 @@ transactions ran at 0.4x the rate of 100 ms ones, the source stalling on backpre
 TRANSACTION_MIN_WAIT_S = 0.1
 """How long a transaction stays open for more frames (``batching.max_wait`` when longer), unless full."""
 LATENCY_SAMPLES = 8
+_HEADER_NAMES_SIZE = sum(len(name) + 2 for name in (HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP))
 
 
 @dataclass
@@ -108,8 +115,10 @@ class TransactionalPipeline:
 
     def __init__(self, ring: Ring, producer: TransactionalProducer, router: Router, checkpoint: WorkerCheckpoint,
                  checkpoint_topic: str, retry: RetrySettings, metrics: ProcessMetrics, log: Any,
-                 max_wait_s: float, max_events: int = TRANSACTION_EVENTS, limiter: Limiter | None = None) -> None:
+                 max_wait_s: float, max_request_size: int, parking: TransactionalParking,
+                 max_events: int = TRANSACTION_EVENTS, limiter: Limiter | None = None) -> None:
         self.ring, self.producer, self.router, self.limiter = ring, producer, router, limiter
+        self.max_request_size, self.parking = max_request_size, parking
         self.max_events = min(max_events, TRANSACTION_EVENTS)
         self.checkpoint, self.checkpoint_topic = checkpoint, checkpoint_topic
         self.retry, self.metrics, self.log = retry, metrics, log
@@ -133,6 +142,7 @@ class TransactionalPipeline:
 
     def step(self, now: float, draining: bool = False) -> bool:
         """Produce the frames that arrived into the open transaction; commit it when due."""
+        self.parking.poll(now)
         worked = self._read(now)
         if self._waiting and (draining or self._events >= self.max_events or now - self._begun_at >= self.max_wait_s):
             self._commit()
@@ -161,6 +171,7 @@ class TransactionalPipeline:
 
     def _begin(self) -> None:
         self.producer.begin()
+        self.parking.begin()
         self._progress = _Progress(self.checkpoint)
         self._produced, self._skipped = [], 0
 
@@ -169,8 +180,7 @@ class TransactionalPipeline:
         self._skipped += len(frame.ordinals) - len(keep)
         if keep:
             batch = frame.batch if len(keep) == len(frame.batch) else frame.batch.take(keep)
-            self._produce(batch)
-            self._produced.append(batch)
+            self._produced.append(self._produce(batch))
         if frame.marker is not None:
             self._progress.mark(frame.marker)
 
@@ -204,6 +214,7 @@ class TransactionalPipeline:
             except TransactionAborted as exc:
                 self._replay(exc)
         self.metrics.inc("transactions_total", label="committed")
+        self.parking.committed()
         if self._skipped:
             self.metrics.inc("events_skipped_total", self._skipped)
             self.log.info("skipped events already committed to Kafka", events=self._skipped)
@@ -212,13 +223,16 @@ class TransactionalPipeline:
         self.ring.ack(self._waiting[-1].end, len(self._waiting))
         self._waiting, self._produced, self._events = [], [], 0
 
-    def _produce(self, batch: Batch) -> None:
-        """Produce ``batch`` into the open transaction (the sink's record format); drop what Kafka can never take."""
+    def _produce(self, batch: Batch) -> Batch:
+        """Produce ``batch`` into the open transaction (the sink's record format); park or drop what
+        Kafka can never take. Returns the events produced to the output."""
         refusals = _Refusals()
         routes = self.router.routes(batch, refusals) if self.router.needed else None
         if refusals.transient is not None:
             self.producer.abort(f"cannot route events yet: {refusals.transient}")
-        rejected = dict(refusals.rejected)
+        rejected = {**dict(refusals.rejected), **self._oversized(batch, routes)}
+        if rejected or self.parking.holding:
+            rejected = self.parking.with_held(batch, rejected)
         produce = self.producer.client.produce
         topic, partition = self.router.topic, -1
         stamp_at, stamp_header = None, ("", "")  # events of one read share their time
@@ -241,10 +255,28 @@ class TransactionalPipeline:
                         rejected[i] = describe(exc)
                     else:
                         self.producer.abort(f"produce failed: {describe(exc)}")
-        for i, reason in rejected.items():
-            self.metrics.inc("events_dropped_total", label="rejected")
-            self.log.error("event cannot be produced to Kafka; dropped (exactly-once runs without a dead-letter "
-                           "queue)", event_id=batch.ids[i], reason=reason)
+        if not rejected:
+            return batch
+        self.parking.reject(batch, rejected)
+        return batch.take([i for i in range(len(batch)) if i not in rejected])
+
+    def _oversized(self, batch: Batch, routes: list[Any] | None) -> dict[int, str]:
+        """Events whose record exceeds ``output.max_request_size`` → the reason. A bound over the
+        batch's longest columns settles the common case without looking at each record."""
+        limit = self.max_request_size
+        bound = (RECORD_OVERHEAD + _HEADER_NAMES_SIZE + max(map(len, batch.payloads), default=0)
+                 + 4 * (max(map(len, batch.keys), default=0) + max(map(len, batch.ids), default=0)
+                        + max(map(len, batch.operations), default=0) + max(map(len, batch.tables), default=0)) + 20)
+        if bound <= limit:
+            return {}
+        oversized = {}
+        for i, (key, payload) in enumerate(zip(batch.keys, batch.payloads)):
+            size = record_size(key, payload, event_headers(batch, i))
+            if size > limit:
+                topic = routes[i][0] if routes is not None and routes[i] is not None else self.router.topic
+                oversized[i] = (f"MSG_SIZE_TOO_LARGE: a record of {size} bytes exceeds output.max_request_size "
+                                f"{limit} (topic {topic})")
+        return oversized
 
     def _delivered(self, batches: list[Batch]) -> None:
         now_ns = time.time_ns()

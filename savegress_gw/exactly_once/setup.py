@@ -1,9 +1,11 @@
 """Setting up exactly-once from a validated profile: producer settings, topics, checkpoints.
 
 The output section is the Kafka sink's (``output.*``): brokers, security, codec, ``linger_ms``,
-``batch_size``, ``max_request_size``, topics and the ``producer`` pass-through, applied as the
-sink applies them, plus ``transactional.id`` and ``transaction.timeout.ms`` (which the
-pass-through cannot override).
+``batch_size``, topics and the ``producer`` pass-through, applied as the sink applies them, plus
+``transactional.id`` and ``transaction.timeout.ms`` (which the pass-through cannot override).
+``message.max.bytes`` is the larger of ``output.max_request_size`` and the dead-letter topic's
+``dlq.max_record_size`` (one producer writes both); output records are held to
+``max_request_size`` by the pipeline itself.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from savegress_gw.components import Limiter
+from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_topic, read_checkpoints, \
     resume_point, transactional_id
 from savegress_gw.exactly_once.loop import TransactionalPipeline
+from savegress_gw.exactly_once.parking import TransactionalParking, TransactionalQueue
 from savegress_gw.exactly_once.producer import TransactionalProducer
 from savegress_gw.kafka.codec import codec_settings
 from savegress_gw.kafka.connection import admin_settings, client_settings
@@ -36,14 +40,15 @@ def connection(profile: Any, process: str) -> dict[str, Any]:
     return client_settings(output.brokers, f"{profile.gateway.id}-{process}", output.sasl, output.tls)
 
 
-def producer_settings(profile: Any, worker: int) -> dict[str, Any]:
-    """librdkafka settings of worker ``worker``'s transactional producer."""
+def producer_settings(profile: Any, worker: int, max_dead_letter_size: int = 0) -> dict[str, Any]:
+    """librdkafka settings of worker ``worker``'s transactional producer (``max_dead_letter_size``:
+    the dead-letter topic's record limit, 0 without one)."""
     output, settings = profile.output, profile.exactly_once
     conf = {
         **connection(profile, f"worker-{worker}"),
         "linger.ms": output.linger_ms,
         "batch.size": output.batch_size,
-        "message.max.bytes": output.max_request_size,
+        "message.max.bytes": max(output.max_request_size, max_dead_letter_size),
         "queue.buffering.max.messages": 1_000_000,
         "partitioner": "murmur2_random",
         "allow.auto.create.topics": output.topics.create,
@@ -88,11 +93,14 @@ def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, int]:
 
 
 def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any,
-                   limiter: Limiter | None = None) -> TransactionalPipeline:
+                   limiter: Limiter | None = None, dlq: TransactionalQueue | None = None,
+                   holds: KeyHolds | None = None) -> TransactionalPipeline:
     """Worker ``worker``'s pipeline: topics exist, its producer fenced every predecessor, and its
-    committed checkpoint is read. Raises :class:`~savegress_gw.kafka.errors.KafkaClientError` or
+    committed checkpoint is read. ``dlq`` (opened: its topic exists) takes the rejected events,
+    ``holds`` keeps ``dlq.preserve_order``. Raises
+    :class:`~savegress_gw.kafka.errors.KafkaClientError` or
     :class:`~savegress_gw.exactly_once.producer.ProducerFenced` naming what failed."""
-    conf = producer_settings(profile, worker)
+    conf = producer_settings(profile, worker, dlq.max_record_size if dlq is not None else 0)
     admin = AdminClient(admin_settings(conf))
     ensure_topics(profile, admin, log)
     producer = TransactionalProducer(conf, profile.exactly_once.transaction_timeout, log)
@@ -117,5 +125,6 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
     share = profile.buffer.size // (4 * profile.gateway.workers)
+    parking = TransactionalParking(producer, dlq, holds, f"{profile.gateway.id}/worker-{worker}", metrics, log)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
-                                 profile.batching.max_wait, max(share, 1), limiter)
+                                 profile.batching.max_wait, output.max_request_size, parking, max(share, 1), limiter)

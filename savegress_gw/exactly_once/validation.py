@@ -51,8 +51,11 @@ def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
         refuse("backpressure.strategy" if strategy == "weighted_fair" else "parallel.priority.enabled",
                "priorities reorder events between read batches, and a worker's checkpoint needs its events "
                "in read order")
-    if profile.selected("dlq") is not None:
-        problems.append("not implemented yet: dlq with exactly_once (a parked event must be written in the "
-                        "transaction of its batch); switch dlq off (dlq.enabled: false): events Kafka can never "
-                        "take are then dropped, counted and logged by id")
+    queue = profile.selected("dlq")
+    queue_cls = registry.get("dlq", queue) if queue else None
+    if queue_cls is not None and not callable(getattr(queue_cls, "record_headers", None)):
+        refuse("dlq.type", f"{queue!r}: a parked event is written in its batch's Kafka transaction, so the "
+                           "dead-letter queue must be a topic on the output's cluster: use dlq.type: kafka (or "
+                           "dlq.enabled: false: events Kafka can never take are then dropped, counted and logged "
+                           "by id)")
     return problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -59,7 +60,7 @@ def read_committed(config: dict[str, str], topic: str, timeout: float = 120) -> 
         deadline = time.monotonic() + timeout
         while True:
             positions = {tp.partition: tp.offset for tp in consumer.position([TopicPartition(topic, p) for p in ends])}
-            if all(positions[p] >= ends[p] for p in ends):
+            if all(positions[p] >= ends[p] for p in ends if ends[p] > 0):  # an empty partition has no position
                 return found
             assert time.monotonic() < deadline, f"read {len(found.sequences)} records, stuck at {positions} of {ends}"
             for message in consumer.consume(5000, timeout=0.5):
@@ -89,10 +90,20 @@ def exactly_once_profile(gateway_id: str, brokers: str, topic: str, count: int, 
     return profile
 
 
+OVERSIZED_BLOB = 30_000
+"""Bytes of ``after.blob`` in the events ``produce_sequenced`` makes oversized."""
+
+
+def key_of(seq: int) -> int:
+    """The key (``after.id``) of sequence number ``seq`` in ``produce_sequenced``'s topic."""
+    return seq % 997
+
+
 def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions: int = 4,
-                      head: tuple[bytes, ...] = ()) -> None:
-    """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys ``seq % 997``),
-    after the raw records ``head`` at the start of partition 0."""
+                      head: tuple[bytes, ...] = (), oversized: Collection[int] = ()) -> None:
+    """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys
+    :func:`key_of`), after the raw records ``head`` at the start of partition 0. The events of
+    ``oversized`` carry an ``after.blob`` of :data:`OVERSIZED_BLOB` bytes."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -104,10 +115,11 @@ def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions
         producer.produce(topic, record, partition=0)
     for seq in range(1, count + 1):
         envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
-                    "after": {"id": seq % 997, "seq": seq}}
+                    "after": {"id": key_of(seq), "seq": seq, **({"blob": "p" * OVERSIZED_BLOB} if seq in oversized
+                                                                 else {})}}
         while True:
             try:
-                producer.produce(topic, orjson.dumps(envelope), key=str(seq % 997).encode(),
+                producer.produce(topic, orjson.dumps(envelope), key=str(key_of(seq)).encode(),
                                  on_delivery=lambda err, _: errors.append(err) if err else None)
                 break
             except BufferError:

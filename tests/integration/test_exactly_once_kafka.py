@@ -1,7 +1,9 @@
-"""The exactly-once building blocks against a real broker: fencing, checkpoints read back, aborts."""
+"""The exactly-once building blocks against a real broker: fencing, checkpoints read back, aborts,
+parking in a transaction."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -9,9 +11,17 @@ import pytest
 import structlog
 from confluent_kafka.admin import AdminClient
 
+from savegress_gw.deadletter.topic import TopicStore
+from savegress_gw.envelope import encode, normalize
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key, read_checkpoints
+from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import ProducerFenced, TransactionAborted, TransactionalProducer
 from savegress_gw.kafka.topics import TopicOptions, create_topic
+from savegress_gw.metrics import MetricsBlock
+from savegress_gw.testing import build
+from savegress_gw_plugins.dlq import kafka as kafka_dlq
+from savegress_gw_plugins.sinks import kafka as kafka_sink
+from savegress_gw_plugins.sources import generator
 from tests.harness.transactions import read_committed
 
 pytestmark = [pytest.mark.kafka]
@@ -80,3 +90,36 @@ def test_checkpoints_read_back_are_the_latest_committed_per_worker(kafka_cluster
         writer.abort("never committed")
     found = read_checkpoints(kafka_cluster.client_config(), topic, 30, LOG)
     assert {worker: c.ordinals[""] for worker, c in found.items()} == {0: 30, 1: 20}
+
+
+def test_a_parked_event_is_visible_with_its_committed_transaction_only_and_counted_once(kafka_cluster: Any) -> None:
+    """The dead-letter record goes into the open transaction: an aborted attempt leaves nothing
+    visible and counts nothing; the replayed, committed one parks the event once, with the reason."""
+    topic = f"eos-park-{uuid.uuid4().hex[:8]}"
+    profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
+               "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic},
+               "dlq": {"enabled": True, "type": "kafka", "timeout": "10s"}}
+    queue, _ = build("dlq", profile, generator, kafka_sink, kafka_dlq)
+    metrics = MetricsBlock(1)
+    writer = producer(kafka_cluster, f"park-{uuid.uuid4().hex[:8]}")
+    parking = TransactionalParking(writer, queue, None, "gw/worker-0", metrics.row(0), LOG)
+    batch = encode([normalize({"id": f"e{seq}", "table": "users", "operation": "INSERT",
+                               "after": {"id": seq, "seq": seq}}, "test") for seq in (1, 2)], time.time_ns())
+    reason = "MSG_SIZE_TOO_LARGE: a record of 30100 bytes exceeds output.max_request_size 20000"
+    writer.begin()
+    parking.begin()
+    parking.reject(batch, {1: reason})
+    with pytest.raises(TransactionAborted):
+        writer.abort("on purpose")
+    assert metrics.counter_totals()["events_dead_lettered"] == 0
+    writer.begin()
+    parking.begin()
+    parking.reject(batch, {1: reason})
+    writer.commit()
+    parking.committed()
+    queue.close()
+    assert metrics.counter_totals()["events_dead_lettered"] == 1
+    assert read_committed(kafka_cluster.client_config(), f"{topic}.dlq").sequences == [2]
+    (entry,) = TopicStore(f"{topic}.dlq", kafka_cluster.client_config()).entries()
+    assert (entry.event_id, entry.reason, entry.error_class, entry.origin) == \
+        ("e2", reason, "MSG_SIZE_TOO_LARGE", "gw/worker-0")

@@ -16,12 +16,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg2
 import pytest
 
+from savegress_gw.deadletter.topic import TopicStore
 from tests.harness.gateway import Gateway, wait_for
 from tests.harness.pg_source import pg_profile, release, start_streaming
-from tests.harness.transactions import exactly_once_profile, hanging_partitions, produce_sequenced, read_committed
+from tests.harness.transactions import exactly_once_profile, hanging_partitions, key_of, produce_sequenced, \
+    read_committed
 from tests.harness.verify import verify_sequences
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -187,35 +190,85 @@ def _write_rows(dsn: str, total: int, duration_s: float) -> None:
     conn.close()
 
 
+def kafka_to_kafka_profile(cluster: Any, topic: str, count: int) -> dict[str, Any]:
+    """Exactly-once from the sequenced input topic ``<topic>-in`` to ``<topic>-out``, 3,000 events/s."""
+    profile = exactly_once_profile(topic, cluster.bootstrap_servers, f"{topic}-out", count, rate=0)
+    profile["source"] = {"type": "kafka", "brokers": cluster.bootstrap_servers.split(","),
+                         "topics": [f"{topic}-in"], "start": "earliest"}
+    profile["rate_limiting"] = {"algorithm": "token_bucket", "tokens_per_second": 3000, "burst_size": 1000}
+    return profile
+
+
+def run_through_kills(cluster: Any, workdir: Path, profile: dict[str, Any], arrived: Any, what: str) -> None:
+    """Run ``profile`` while SIGKILLing a worker, the source process, the gateway, a worker and the
+    gateway again, 1-2.5 s apart (the Kafka source never runs dry: the faults are timed, not
+    counted in transactions), until ``arrived()``; then stop it."""
+    gateway = Gateway(workdir, profile).start()
+    rng = random.Random(3)
+    try:
+        gateway.wait_ready(120)
+        for fault in ("worker", "source", "gateway", "worker", "gateway"):
+            time.sleep(rng.uniform(1.0, 2.5))
+            if fault == "gateway":
+                gateway.signal_group(signal.SIGKILL)
+                gateway.wait(30)
+                gateway = Gateway(workdir, profile).start()
+                gateway.wait_ready(120)
+            else:
+                os.kill(gateway.child("source" if fault == "source" else f"worker-{rng.randrange(2)}"),
+                        signal.SIGKILL)
+        wait_for(arrived, 300, what, interval=2)
+        assert gateway.stop() == 0
+    finally:
+        gateway.stop()
+
+
 def test_kafka_to_kafka_exactly_once_through_sigkills(kafka_cluster: Any, tmp_path: Path) -> None:
     """A sequenced input topic (4 partitions) read by the Kafka source: per-partition ordinals
     (offsets) survive worker, source-process and gateway SIGKILLs with nothing lost or doubled."""
     count = 40_000
     topic = f"eoskk-{uuid.uuid4().hex[:8]}"
-    produce_sequenced(kafka_cluster.client_config(), f"{topic}-in", count)
-    profile = exactly_once_profile(topic, kafka_cluster.bootstrap_servers, f"{topic}-out", count, rate=0)
-    profile["source"] = {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","),
-                         "topics": [f"{topic}-in"], "start": "earliest"}
-    profile["rate_limiting"] = {"algorithm": "token_bucket", "tokens_per_second": 3000, "burst_size": 1000}
-    gateway = Gateway(tmp_path, profile).start()
-    rng = random.Random(3)
-    try:
-        gateway.wait_ready(120)
-        for fault in ("worker", "source", "gateway", "worker", "gateway"):
-            time.sleep(rng.uniform(1.0, 2.5))  # the source never runs dry: time the faults, not transactions
-            if fault == "gateway":
-                gateway.signal_group(signal.SIGKILL)
-                gateway.wait(30)
-                gateway = Gateway(tmp_path, profile).start()
-                gateway.wait_ready(120)
-            else:
-                os.kill(gateway.child("source" if fault == "source" else f"worker-{rng.randrange(2)}"),
-                        signal.SIGKILL)
+    config = kafka_cluster.client_config()
+    produce_sequenced(config, f"{topic}-in", count)
+    run_through_kills(kafka_cluster, tmp_path, kafka_to_kafka_profile(kafka_cluster, topic, count),
+                      lambda: len(set(read_committed(config, f"{topic}-out").sequences)) >= count,
+                      f"all {count} events in the output topic")
+    verify(config, f"{topic}-out", count)
 
-        def all_there() -> bool:
-            return len(set(read_committed(kafka_cluster.client_config(), f"{topic}-out").sequences)) >= count
-        wait_for(all_there, 300, f"all {count} events in the output topic", interval=2)
-        assert gateway.stop() == 0
-    finally:
-        gateway.stop()
-    verify(kafka_cluster.client_config(), f"{topic}-out", count)
+
+def test_oversized_events_are_parked_in_their_transactions_and_keys_held_through_sigkills(
+        kafka_cluster: Any, tmp_path: Path) -> None:
+    """Exactly-once with a dead-letter topic and ``dlq.preserve_order``: 1 % of the input is larger
+    than ``output.max_request_size``. Through worker, source-process and gateway SIGKILLs, each
+    oversized event is parked once, in the transaction of its batch, and every later event of its
+    key is parked behind it; every earlier one is delivered. Both topics are read ``read_committed``:
+    every sequence number is in exactly one of them, exactly once, in per-key order."""
+    count = 30_000
+    topic = f"eosdlq-{uuid.uuid4().hex[:8]}"
+    config = kafka_cluster.client_config()
+    oversized = set(random.Random(11).sample(range(1, count + 1), count // 100))
+    produce_sequenced(config, f"{topic}-in", count, oversized=oversized)
+    profile = kafka_to_kafka_profile(kafka_cluster, topic, count)
+    profile["output"]["max_request_size"] = 20_000
+    profile["dlq"] = {"enabled": True, "type": "kafka", "preserve_order": True, "timeout": "10s"}
+    first_oversized: dict[int, int] = {}
+    for seq in sorted(oversized):
+        first_oversized.setdefault(key_of(seq), seq)
+    held = {seq for seq in range(1, count + 1) if seq >= first_oversized.get(key_of(seq), count + 1)}
+    out, parked = f"{topic}-out", f"{topic}-out.dlq"
+
+    def all_there() -> bool:
+        return len(set(read_committed(config, out).sequences) | set(read_committed(config, parked).sequences)) >= count
+    run_through_kills(kafka_cluster, tmp_path, profile, all_there,
+                      f"all {count} events in the output or the dead-letter topic")
+    assert hanging_partitions(config, out) == {} and hanging_partitions(config, parked) == {}
+    delivered, dead = read_committed(config, out), read_committed(config, parked)
+    verdict = verify_sequences(delivered.sequences + dead.sequences, count)
+    print(f"exactly-once with a dead-letter topic: {verdict}; {len(dead.sequences)} parked "
+          f"({len(oversized)} oversized), {len(delivered.sequences)} delivered")
+    assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
+    assert set(dead.sequences) == held and not set(delivered.sequences) & held
+    assert delivered.order_violations == [] and dead.order_violations == []
+    classes = {int(orjson.loads(entry.payload)["after"]["seq"]): entry.error_class
+               for entry in TopicStore(parked, config).entries()}
+    assert {seq for seq, error in classes.items() if error == "MSG_SIZE_TOO_LARGE"} == oversized

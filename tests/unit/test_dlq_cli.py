@@ -153,6 +153,8 @@ def test_replay_profile_swaps_the_source_and_keeps_the_rest() -> None:
     assert dlq_directory({"dlq": {"type": "file", "base_dir": "d"}, "output": {"type": "kafka"}}) == "d"
     kafka = replay_profile({"output": {"type": "kafka"}, "dlq": {"topic": "x.dlq"}}, ["p0:12"])
     assert kafka["source"] == {"type": "dlq_replay", "ids": ["p0:12"]}  # the profile's own queue
+    exactly_once = replay_profile({"output": {"type": "kafka"}, "dlq": {}, "exactly_once": {"enabled": True}}, [])
+    assert exactly_once["exactly_once"] == {"enabled": False}  # a replay is at least once
 
 
 @pytest.mark.skipif("base_dir" in DlqSection.model_fields,

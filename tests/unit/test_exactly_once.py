@@ -60,10 +60,17 @@ def test_combinations_that_cannot_be_exactly_once_are_refused_with_the_reason(se
     assert any(p.startswith(f"{path}: ") and why in p and "exactly_once.enabled is true" in p for p in found), found
 
 
-@pytest.mark.parametrize("dlq_type", ["file", "kafka"])
-def test_a_dead_letter_queue_is_not_implemented_yet_under_exactly_once(dlq_type: str) -> None:
-    (problem,) = refusals(profile(dlq={"enabled": True, "type": dlq_type}))
-    assert problem.startswith("not implemented yet: dlq with exactly_once")
+def test_a_kafka_dead_letter_topic_on_the_output_cluster_is_accepted() -> None:
+    dlq = validated(profile(dlq={"enabled": True, "type": "kafka", "preserve_order": True}), *MODULES).dlq
+    assert dlq.enabled and dlq.preserve_order
+
+
+def test_a_dead_letter_queue_outside_the_transaction_is_refused() -> None:
+    (problem,) = refusals(profile(dlq={"enabled": True, "type": "file"}))
+    assert problem.startswith("dlq.type: 'file': a parked event is written in its batch's Kafka transaction")
+    (problem,) = refusals(profile(dlq={"enabled": True, "type": "kafka", "brokers": ["other:9092"]}))
+    assert problem.startswith("dlq.brokers: with exactly_once.enabled the dead-letter topic must be on the "
+                              "output's cluster")
 
 
 def test_a_postgres_snapshot_is_refused_under_exactly_once_but_streaming_is_accepted() -> None:
