@@ -7,7 +7,9 @@ and topic (or file):
 * **snapshot**: ``--snapshot-rows`` rows of ~600 bytes (the 12 mixed columns of
   ``bench/pg_snapshot.py``) read by the gateway's initial snapshot (``snapshot.exit_after``):
   rows/s between the first and the last delivered row, and from the gateway's start to its exit,
-  with the CPU seconds of all gateway processes.
+  with the CPU seconds of every process involved (gateway processes, PostgreSQL backends, broker).
+  Into Kafka the topic is read only after the gateway exited (the first and last append time per
+  partition), so no consumer competes for the two cores meanwhile.
 * **catch-up**: ``--backlog`` changes are committed before the gateway starts; the time from its
   first to its last delivered change gives the capacity in changes/s.
 * **steady**: writers commit pgbench-style ``UPDATE accounts SET abalance = abalance + 1 WHERE
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import random
 import resource
 import shutil
@@ -201,6 +204,24 @@ class Sink:
             return {"type": "kafka", "brokers": [self.bootstrap], "topic": self.topic, **KAFKA_OUTPUT}
         return {"type": "file", "path": str(self.path), "rotate": {"enabled": False}}
 
+    def append_span(self) -> tuple[int, float, float]:
+        """(records, first, last append time) of the topic, from the first and the last record of
+        each partition (LogAppendTime)."""
+        from confluent_kafka import Consumer, TopicPartition
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"span-{uuid.uuid4().hex[:6]}",
+                             "enable.auto.commit": False})
+        count, first, last = 0, float("inf"), 0.0
+        for partition in consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+            count += high - low
+            for offset in {low, high - 1} if high > low else ():
+                consumer.assign([TopicPartition(self.topic, partition, offset)])
+                message = consumer.poll(10)
+                appended = message.timestamp()[1] / 1000
+                first, last = min(first, appended), max(last, appended)
+        consumer.close()
+        return count, first, last
+
     def reader(self) -> Delivered:
         follower = TopicReader(self.bootstrap, self.topic) if self.kind == "kafka" else FileTail(self.path)
         follower.start()
@@ -270,6 +291,59 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuSampler(threading.Thread):
+    """CPU seconds of the processes under some root pids, by role, sampled every 0.2 s from /proc
+    (a process that exits keeps its last sample). Roles: the gateway's processes by name
+    (``sg-source``, ``sg-worker-0``, ...), ``postgres`` (every backend of this bench's server) and
+    ``kafka`` (the broker JVM); other engineers' processes are not under these roots."""
+
+    def __init__(self, roots: dict[int, str]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.stop = threading.Event()
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.baseline: dict[int, float] = {}
+        self._sample(self.baseline)
+
+    def _sample(self, into: dict[int, Any]) -> None:
+        parents: dict[int, int] = {}
+        stats: dict[int, tuple[str, float]] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = text[text.index("(") + 1:].rpartition(")")
+            fields = rest.split()
+            parents[int(entry.name)] = int(fields[1])
+            stats[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        for pid, (name, seconds) in stats.items():
+            role, up = None, pid
+            while up > 1 and role is None:
+                role = self.roots.get(up)
+                up = parents.get(up, 0)
+            if role is None:
+                continue
+            label = name if role == "gateway" and name.startswith("sg-") else role
+            into[pid] = seconds if into is self.baseline else (label, seconds)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            self._sample(self.cpu)
+
+    def by_role(self) -> dict[str, float]:
+        self.stop.set()
+        self.join(5)
+        self._sample(self.cpu)
+        roles: dict[str, float] = {}
+        for pid, (label, seconds) in self.cpu.items():
+            roles[label] = roles.get(label, 0.0) + seconds - self.baseline.get(pid, 0.0)
+        return roles
+
+
 def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse.Namespace) -> None:
     """The initial snapshot of ``rows`` ~600-byte rows, start to exit (``snapshot.exit_after``)."""
     conn = psycopg2.connect(pg.dsn(dbname="bench"))
@@ -279,7 +353,7 @@ def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse
         cur.execute("SELECT avg(length(t::text))::int FROM (SELECT * FROM bench_rows LIMIT 1000) t")
         (row_bytes,) = cur.fetchone()
     conn.close()
-    follower = sink.reader()
+    follower = sink.reader() if sink.kind == "file" else None
     cpu_before = children_cpu()
     started = time.time()
     gateway = start_gateway(workdir, "snapshot", pg_source(pg, "snap", tables=["public.bench_rows"],
@@ -287,24 +361,34 @@ def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse
                             {"enabled": True, "exit_after": True, "batch_size": args.snapshot_batch,
                              "parallel_workers": args.snapshot_workers},
                             sink.output(), args.workers, free_port())
+    roots = {gateway.pid: "gateway", pg.pid: "postgres"}
+    roots.update({pid: "kafka" for pid in args.broker_pids})
+    sampler = CpuSampler(roots)
+    sampler.start()
     if gateway.wait(900) != 0:
         raise SystemExit(f"snapshot gateway exited with {gateway.returncode}: see {workdir / 'gateway.log'}")
     exited = time.time()
     cpu = children_cpu() - cpu_before
-    deadline = time.monotonic() + 60
-    while follower.count < rows and time.monotonic() < deadline:
-        time.sleep(0.05)
-    follower.stop.set()
-    follower.join(10)
-    if follower.count < rows:
-        raise SystemExit(f"snapshot: {follower.count} of {rows} rows delivered")
-    first, last = follower.stamps[0], follower.stamps[-1]
+    roles = sampler.by_role()
+    if follower is None:
+        delivered, first, last = sink.append_span()
+    else:
+        deadline = time.monotonic() + 60
+        while follower.count < rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+        follower.stop.set()
+        follower.join(10)
+        delivered, first, last = follower.count, follower.stamps[0], follower.stamps[-1]
+    if delivered < rows:
+        raise SystemExit(f"snapshot: {delivered} of {rows} rows delivered")
     print(f"snapshot: {rows:,} rows (~{row_bytes} bytes of text each) -> {sink.kind}: "
           f"{rows / (last - first):,.0f} rows/s first to last delivery ({last - first:.2f}s), "
           f"{rows / (exited - started):,.0f} rows/s gateway start to exit ({exited - started:.2f}s); "
           f"gateway CPU {cpu:.1f}s = {rows / cpu:,.0f} rows per CPU-second "
           f"(batch_size {args.snapshot_batch}, parallel_workers {args.snapshot_workers}, "
           f"workers {args.workers}; load {loadavg()})")
+    print("  CPU seconds by process (start-up included): " + ", ".join(
+        f"{label} {seconds:.1f}s" for label, seconds in sorted(roles.items(), key=lambda item: -item[1])))
 
 
 def stream_phases(pg: Any, workdir: Path, sink: Sink, args: argparse.Namespace) -> None:
@@ -409,9 +493,11 @@ def main() -> None:
         workdir = root / "gw"
         workdir.mkdir()
         bootstrap = None
+        args.broker_pids = []
         if args.sink == "kafka":
             cluster = kafka_local.LocalKafkaCluster(root / "kafka", 1).start()
             bootstrap = cluster.bootstrap_servers
+            args.broker_pids = [node.pid for node in cluster.state.nodes if node.pid]
         if args.snapshot_rows:
             snapshot_phase(pg, workdir, Sink(args.sink, bootstrap, workdir, "snapshot"), args.snapshot_rows, args)
         if args.seconds:

@@ -330,11 +330,22 @@ class Router:
     def _encoded(self, read_batch: SourceBatch) -> Batch:
         """The read batch filtered, normalized (unless trusted) and encoded as columns."""
         now = time.time_ns()
-        if read_batch.encoded is not None and not self.filter.active:
-            batch = read_batch.encoded
+        if read_batch.encoded is not None and not self.filter.columns:
+            batch = self._table_filtered(read_batch.encoded) if self.filter.active else read_batch.encoded
             batch.ingest_ns = [now] * len(batch)
             return batch
         return encode(self._kept(read_batch), now)
+
+    def _table_filtered(self, batch: Batch) -> Batch:
+        """An encoded batch without the events of tables the filter leaves out (as ``filter.apply``;
+        without column lists the rows themselves stay as they are, so no payload is decoded)."""
+        allows = self.filter.allows
+        kept = [i for i, (schema, table) in enumerate(zip(batch.schemas, batch.tables))
+                if not table or allows(schema, table)]
+        if len(kept) == len(batch):
+            return batch
+        self.metrics.inc("events_dropped_total", len(batch) - len(kept), label="filtered")
+        return batch.take(kept)
 
     def _kept(self, read_batch: SourceBatch) -> list[dict[str, Any]]:
         """The read batch's events that pass the filters, normalized (unless the source is trusted)."""

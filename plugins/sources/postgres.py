@@ -155,9 +155,6 @@ class PostgresSource(Source):
         if profile.snapshot.parallel_workers > 1:
             problems.append("not implemented yet: snapshot.parallel_workers: tables are read one after another "
                             "(set 1)")
-        if profile.snapshot.enabled and config.row_filters:  # type: ignore[attr-defined]
-            problems.append("not implemented yet: source.row_filters with snapshot.enabled: the initial snapshot "
-                            "does not apply row filters (set snapshot.enabled: false)")
         if profile.snapshot.enabled and profile.exactly_once.enabled:
             problems.append("not implemented yet: snapshot.enabled with exactly_once.enabled: a snapshot resumed "
                             "after a crash reads the tables afresh, not the same rows again, so exactly-once could "
@@ -372,9 +369,11 @@ class PostgresSource(Source):
         """Start (or resume, without an exported snapshot) the initial load of the tables."""
         done = list(progress.get("done", []))
         tables = [t for t in self._snapshot_tables if f"{t[0]}.{t[1]}" not in done]
+        filters = {name: f.condition for name, f in self.config.row_filters.items()}
+        conditions = {t: c for t in tables if (c := slots.row_filter(filters, *t)) is not None}
         self._snap = InitialSnapshot(SnapshotReader(self._dsn(), snapshot_name), tables, done,
                                      progress.get("table"), progress.get("after"), self.config.database,
-                                     lsn_to_str(self._reader.end))
+                                     lsn_to_str(self._reader.end), conditions)
         self._log.info("initial snapshot", tables=[f"{s}.{t}" for s, t in tables], resumed=bool(done or
                        progress.get("table")), exported_snapshot=snapshot_name)
 
@@ -391,7 +390,7 @@ class PostgresSource(Source):
                 self._exhausted = True  # migration mode: the core drains, checkpoints and stops
         else:
             position["snapshot"] = snap.progress()
-        return SourceBatch(events, position)
+        return SourceBatch([], position, encoded=events)
 
     # ------------------------------------------------------------------ reading
 

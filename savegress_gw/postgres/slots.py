@@ -161,9 +161,14 @@ def table_specs(conn: Any, tables: list[tuple[str, str]], columns: dict[str, lis
                     f"PostgreSQL needs them to publish updates and deletes: keep them in the list")
             if len(kept) == len(names):
                 kept = None
-        condition = row_filters.get(f"{schema}.{table}") or row_filters.get(table)
+        condition = row_filter(row_filters, schema, table)
         specs.append(TableSpec(schema, table, kept, condition))
     return specs
+
+
+def row_filter(row_filters: dict[str, str], schema: str, table: str) -> str | None:
+    """The condition ``source.row_filters`` sets for a table (keyed ``schema.table`` or ``table``)."""
+    return row_filters.get(f"{schema}.{table}") or row_filters.get(table)
 
 
 def _columns(conn: Any, schema: str, table: str) -> tuple[list[str], list[str]]:

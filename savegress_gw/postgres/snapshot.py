@@ -10,14 +10,16 @@ command and is open (``SnapshotError`` otherwise). ``snapshot_name=None`` reads 
 REPEATABLE READ snapshot instead (for resuming after the exported one is gone: rows then reflect
 a later state, which the stream from the slot's consistent point converges).
 
-``iter_table((schema, name), after_pk=None, batch_size=10000)`` yields batches (lists) of
-``(row, pk)``: ``row`` maps column → JSON-ready value through the same ``types.RowDecoder`` the
+``iter_table((schema, name), after_pk=None, batch_size=10000, condition=None)`` yields batches
+(lists) of ``(row, pk)``: ``row`` maps column → JSON-ready value through the same ``types.RowDecoder`` the
 stream uses (values are fetched with ``COPY … TO STDOUT`` in text format, i.e. by each type's
 output function, exactly as the walsender prints them); ``pk`` is the tuple of the primary key
 columns' text forms. Rows come in primary key order, each batch is one ``COPY (SELECT … WHERE
 (pk) > (after) ORDER BY pk LIMIT batch_size)``, so a reader restarted with the last ``pk`` it
-handed out continues right after it. A table without a primary key is ordered by its replica
-identity index if it has one, else read unordered with ``pk == ()`` in a single COPY held in
+handed out continues right after it. ``condition`` (a SQL boolean expression over the row, as in
+a publication's row filter) restricts the rows read: ``WHERE (condition) AND (pk) > (after)``, so
+the snapshot holds exactly the rows the publication's ``WHERE`` lets through. A table without a
+primary key is ordered by its replica identity index if it has one, else read unordered with ``pk == ()`` in a single COPY held in
 memory (and cannot be resumed: ``after_pk`` raises ``ValueError``). Generated columns are
 skipped, as pgoutput skips them. While a batch is handed out, the next one is already being
 fetched on a helper thread (the connection is used by one thread at a time).
@@ -256,8 +258,10 @@ class SnapshotReader:
         table: TableName,
         after_pk: Sequence[str] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        condition: str | None = None,
     ) -> Iterator[Batch]:
-        """Batches of ``(row, pk)`` of ``table`` in key order, after ``after_pk`` if given."""
+        """Batches of ``(row, pk)`` of ``table`` in key order, after ``after_pk`` if given, of the
+        rows matching ``condition`` if given."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = self.plan(table)
@@ -274,13 +278,13 @@ class SnapshotReader:
         # the server and the client work at the same time.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-copy") as pool:
             after = tuple(after_pk) if after_pk is not None else None
-            pending: Future[list[bytes]] | None = pool.submit(self._fetch, plan, after, limit)
+            pending: Future[list[bytes]] | None = pool.submit(self._fetch, plan, after, limit, condition)
             while pending is not None:
                 parts = pending.result()
                 pending = None
                 if ordered and len(parts) == batch_size:  # maybe more: ask for the next batch now
                     last = key_of(parse_copy_text(parts[-1].decode())[0])
-                    pending = pool.submit(self._fetch, plan, last, limit)
+                    pending = pool.submit(self._fetch, plan, last, limit, condition)
                 with _gc_paused():
                     rows = parse_copy_text(b"".join(parts).decode())
                     batch: Batch = [(decode(v), key_of(v)) for v in rows]
@@ -288,13 +292,13 @@ class SnapshotReader:
                     yield batch[start : start + batch_size]
 
     def _fetch(
-        self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None
+        self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None, condition: str | None
     ) -> list[bytes]:
-        """One COPY: the rows (lines of text format) after ``after`` in key order, at most
-        ``limit`` of them (None: the whole table)."""
+        """One COPY: the rows (lines of text format) matching ``condition`` after ``after`` in
+        key order, at most ``limit`` of them (None: the whole table)."""
         chunks = _Chunks()
         try:
-            sql = self._batch_sql(plan, after, limit)
+            sql = self._batch_sql(plan, after, limit, condition)
             with self._conn.cursor() as cur:
                 cur.copy_expert(sql, chunks)
         except psycopg2.Error as exc:
@@ -302,23 +306,30 @@ class SnapshotReader:
             raise SnapshotError(f"reading {table}: {exc}".strip()) from exc
         return chunks.parts
 
-    def _batch_sql(self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None) -> str:
+    def _batch_sql(
+        self, plan: TablePlan, after: tuple[str, ...] | None, limit: int | None, condition: str | None
+    ) -> str:
         ident = psycopg2.sql.Identifier
         relation = plan.relation
         columns = psycopg2.sql.SQL(", ").join(ident(c.name) for c in relation.columns)
         query = psycopg2.sql.SQL("SELECT {} FROM {}.{}").format(
             columns, ident(relation.namespace), ident(relation.name)
         )
-        if plan.key_columns:
-            keys = psycopg2.sql.SQL(", ").join(ident(name) for name in plan.key_columns)
-            if after is not None:
-                bounds = psycopg2.sql.SQL(", ").join(
-                    psycopg2.sql.SQL("{}::{}").format(
-                        psycopg2.sql.Literal(value), psycopg2.sql.SQL(sql_type)
-                    )
-                    for value, sql_type in zip(after, plan.key_types)
+        where: list[psycopg2.sql.Composable] = []
+        if condition is not None:  # the profile's row filter, as the publication has it
+            where.append(psycopg2.sql.SQL("({})").format(psycopg2.sql.SQL(condition)))
+        keys = psycopg2.sql.SQL(", ").join(ident(name) for name in plan.key_columns)
+        if plan.key_columns and after is not None:
+            bounds = psycopg2.sql.SQL(", ").join(
+                psycopg2.sql.SQL("{}::{}").format(
+                    psycopg2.sql.Literal(value), psycopg2.sql.SQL(sql_type)
                 )
-                query += psycopg2.sql.SQL(" WHERE ({}) > ({})").format(keys, bounds)
+                for value, sql_type in zip(after, plan.key_types)
+            )
+            where.append(psycopg2.sql.SQL("({}) > ({})").format(keys, bounds))
+        if where:
+            query += psycopg2.sql.SQL(" WHERE ") + psycopg2.sql.SQL(" AND ").join(where)
+        if plan.key_columns:
             query += psycopg2.sql.SQL(" ORDER BY {}").format(keys)
         if limit is not None:
             query += psycopg2.sql.SQL(" LIMIT {}").format(psycopg2.sql.Literal(limit))

@@ -8,7 +8,8 @@
 (``after``: the text form of the last primary key handed out). A source restarted with it skips
 the tables that are done and continues ``table`` after ``after``. SNAPSHOT envelopes have
 ``before: null``, ``after`` the row, id ``snap-<schema>.<table>:<pk>``, the time the snapshot
-started, and ``metadata.snapshot: true`` with the table's primary key.
+started, and ``metadata.snapshot: true`` with the table's primary key; ``read`` hands them out
+already encoded (:mod:`savegress_gw.postgres.snapshot_encode`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from savegress_gw import components
 from savegress_gw.envelope import now_iso
 from savegress_gw.postgres.snapshot import Batch, SnapshotReader, TableName
+from savegress_gw.postgres.snapshot_encode import SnapshotEncoder
 
 
 class InitialSnapshot:
     """Reads ``tables`` (after ``done``; ``table``/``after`` resume one part-way)."""
 
     def __init__(self, reader: SnapshotReader, tables: list[TableName], done: list[str],
-                 table: str | None, after: list[str] | None, database: str, lsn: str) -> None:
-        """``lsn``: the slot's consistent point, the position every SNAPSHOT event carries."""
+                 table: str | None, after: list[str] | None, database: str, lsn: str,
+                 conditions: dict[TableName, str] | None = None) -> None:
+        """``lsn``: the slot's consistent point, the position every SNAPSHOT event carries;
+        ``conditions``: per table, the row filter its rows must match (the publication's ``WHERE``)."""
         self.reader, self.database = reader, database
         self._position = {"lsn": lsn, "sequence": 0}
         self.pending = list(tables)
@@ -37,8 +42,9 @@ class InitialSnapshot:
         self._left: Batch = []
         self._last_pk: tuple[str, ...] | None = None
         self._timestamp = now_iso()
-        self._meta: dict[str, Any] = {}
+        self._encoder: SnapshotEncoder | None = None
         self._counter = 0
+        self._conditions = conditions or {}
 
     @property
     def finished(self) -> bool:
@@ -49,11 +55,11 @@ class InitialSnapshot:
         return {"done": list(self.done), "table": current,
                 "after": list(self._last_pk) if self._last_pk is not None and current else None}
 
-    def read(self, limit: int, batch_size: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` SNAPSHOT events (fewer at the end of a table)."""
+    def read(self, limit: int, batch_size: int) -> components.Batch:
+        """Up to ``limit`` SNAPSHOT events, encoded (fewer at the end of a table)."""
         while not self._left:
             if self._batches is None and not self._next_table(batch_size):
-                return []
+                return components.Batch.empty()
             assert self._batches is not None
             batch = next(self._batches, None)
             if batch is None:
@@ -63,16 +69,15 @@ class InitialSnapshot:
         rows, self._left = self._left[:limit], self._left[limit:]
         schema, table = self._current  # type: ignore[misc]
         prefix = f"snap-{schema}.{table}:"
-        events = []
-        for row, pk in rows:
+        ids = []
+        for _, pk in rows:
             if pk:
-                event_id = prefix + ":".join(pk)
+                ids.append(prefix + ":".join(pk))
             else:
                 self._counter += 1
-                event_id = f"{prefix}#{self._counter}"
-            events.append({"id": event_id, "source": "postgres", "schema": schema, "table": table,
-                           "operation": "SNAPSHOT", "timestamp": self._timestamp, "transaction_id": None,
-                           "position": self._position, "before": None, "after": row, "metadata": self._meta})
+                ids.append(f"{prefix}#{self._counter}")
+        assert self._encoder is not None
+        events = self._encoder.encode([row for row, _ in rows], ids)
         self._last_pk = rows[-1][1] if rows and rows[-1][1] else self._last_pk
         self.rows += len(rows)
         if not self._left:
@@ -92,10 +97,12 @@ class InitialSnapshot:
         after = self._resume_after if name == self._resume_table else None
         self._last_pk = tuple(after) if after else None
         plan = self.reader.plan(self._current)
-        self._meta = {"database": self.database, "snapshot": True}
+        meta: dict[str, Any] = {"database": self.database, "snapshot": True}
         if plan.key_columns:
-            self._meta["primary_key"] = list(plan.key_columns)
-        self._batches = self.reader.iter_table(self._current, after, batch_size)
+            meta["primary_key"] = list(plan.key_columns)
+        self._encoder = SnapshotEncoder(*self._current, self._timestamp, self._position, meta)
+        self._batches = self.reader.iter_table(self._current, after, batch_size,
+                                               self._conditions.get(self._current))
         return True
 
     def _finish_table(self) -> None:

@@ -7,13 +7,17 @@ import select
 import time
 from collections.abc import Iterator
 
+import orjson
 import psycopg2
 import psycopg2.extras
 import pytest
 
+from savegress_gw.components import Batch
+from savegress_gw.envelope import encode, timestamp_ms
 from savegress_gw.postgres.connection import connect_kwargs
 from savegress_gw.postgres.pgoutput import Commit, Delete, Insert, Relation, Update, decode
 from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader, parse_copy_text
+from savegress_gw.postgres.snapshot_load import InitialSnapshot
 from savegress_gw.postgres.types import RowDecoder
 from tests.integration.pg_type_cases import SETUP, expected_rows, insert_statements
 
@@ -148,6 +152,21 @@ def test_resume_after_a_key_and_key_order(postgres, pg_database, db) -> None:
             read_all(reader, ("public", "ev"), after_pk=("1",))
 
 
+def test_a_condition_restricts_the_rows_and_resumes_inside_them(postgres, pg_database, db) -> None:
+    run(
+        db,
+        "CREATE TABLE cust (id int PRIMARY KEY, region text, score int)",
+        "INSERT INTO cust SELECT g, CASE WHEN g % 3 = 0 THEN 'eu' ELSE 'us' END, g"
+        " FROM generate_series(1, 300) g",
+    )
+    condition = "region = 'eu' AND score > 30"
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        rows = read_all(reader, ("public", "cust"), batch_size=7, condition=condition)
+        assert [row["id"] for row, _ in rows] == list(range(33, 301, 3))
+        resumed = read_all(reader, ("public", "cust"), after_pk=rows[9][1], condition=condition)
+        assert resumed == rows[10:]
+
+
 def test_tables_without_primary_key(postgres, pg_database, db) -> None:
     run(
         db,
@@ -188,6 +207,43 @@ def test_snapshot_values_are_the_streamed_json(postgres, pg_database, db) -> Non
         cur.execute("SELECT 'posint'::regtype::oid")
         (domain_oid,) = cur.fetchone()
     assert next(c for c in types.relation.columns if c.name == "dm").type_oid == domain_oid
+
+
+def test_encoded_snapshot_events_are_the_envelopes_orjson_writes(postgres, pg_database, db) -> None:
+    run(db, *SETUP, *insert_statements(), "CREATE TABLE \"we\"\"ird\" (a text, b int, PRIMARY KEY (a, b))",
+        "INSERT INTO \"we\"\"ird\" VALUES ('x\"y', 1), ('z', 2)", "CREATE TABLE heap2 (v text)",
+        "INSERT INTO heap2 VALUES ('h1'), ('h2')")
+    tables = [("public", "types"), ("public", 'we"ird'), ("public", "heap2")]
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        snapshot = InitialSnapshot(reader, tables, [], None, None, pg_database, "0/16B3748")
+        batches = []
+        while not snapshot.finished:
+            batches.append(snapshot.read(3, 1000))
+        expected = []
+        for schema, table in tables:
+            plan = reader.plan((schema, table))
+            for row, pk in read_all(reader, (schema, table)):
+                meta = {"database": pg_database, "snapshot": True}
+                if plan.key_columns:
+                    meta["primary_key"] = list(plan.key_columns)
+                expected.append({"id": None, "source": "postgres", "schema": schema, "table": table,
+                                 "operation": "SNAPSHOT", "timestamp": None, "transaction_id": None,
+                                 "position": {"lsn": "0/16B3748", "sequence": 0}, "before": None,
+                                 "after": row, "metadata": meta})
+    encoded = Batch.empty()
+    for batch in batches:
+        encoded.extend(batch)
+    assert len(encoded) == len(expected) == len(expected_rows()) + 4
+    for event, event_id, payload, stamp in zip(expected, encoded.ids, encoded.payloads, encoded.timestamps_ms):
+        event["id"], event["timestamp"] = event_id, orjson.loads(payload)["timestamp"]
+        assert payload == orjson.dumps(event)
+        assert stamp == timestamp_ms(event["timestamp"])
+    reference = encode(expected, 0)
+    assert encoded.keys == reference.keys and encoded.ids == reference.ids
+    assert encoded.ids[-4:] == ['snap-public.we"ird:x"y:1', 'snap-public.we"ird:z:2',
+                                "snap-public.heap2:#1", "snap-public.heap2:#2"]
+    assert encoded.keys[-4:-2] == ['we"ird:x"y:1', 'we"ird:z:2']
+    assert set(encoded.operations) == {"SNAPSHOT"}
 
 
 def test_escaped_text_round_trips(postgres, pg_database, db) -> None:
