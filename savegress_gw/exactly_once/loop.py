@@ -12,10 +12,12 @@ replacement re-reads the checkpoint).
 
 Events that cannot be produced at all (larger than ``output.max_request_size``, a topic template
 giving no legal name) are parked in the dead-letter topic inside the same transaction, or dropped
-without one (:mod:`~savegress_gw.exactly_once.parking`). The producer's ``message.max.bytes`` is
-raised to the dead-letter topic's record limit, so output records are checked against
-``output.max_request_size`` here, as librdkafka would count them
-(:func:`~savegress_gw.kafka.record_size.record_size`).
+without one (:mod:`~savegress_gw.exactly_once.parking`). Output records are measured here, as
+librdkafka counts them (:func:`~savegress_gw.kafka.record_size.record_size`), against
+``output.max_request_size`` and the topic's ``max.message.bytes``
+(:class:`~savegress_gw.kafka.topic_limits.TopicLimits`): the producer's own limit is the
+dead-letter topic's, and a record the broker refuses would abort the transaction with all its
+neighbours.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER
     event_headers
 from savegress_gw.kafka.record_size import RECORD_OVERHEAD, record_size
 from savegress_gw.kafka.routing import Router
+from savegress_gw.kafka.topic_limits import TopicLimits
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
@@ -115,10 +118,10 @@ class TransactionalPipeline:
 
     def __init__(self, ring: Ring, producer: TransactionalProducer, router: Router, checkpoint: WorkerCheckpoint,
                  checkpoint_topic: str, retry: RetrySettings, metrics: ProcessMetrics, log: Any,
-                 max_wait_s: float, max_request_size: int, parking: TransactionalParking,
+                 max_wait_s: float, limits: TopicLimits, parking: TransactionalParking,
                  max_events: int = TRANSACTION_EVENTS, limiter: Limiter | None = None) -> None:
         self.ring, self.producer, self.router, self.limiter = ring, producer, router, limiter
-        self.max_request_size, self.parking = max_request_size, parking
+        self.limits, self.parking = limits, parking
         self.max_events = min(max_events, TRANSACTION_EVENTS)
         self.checkpoint, self.checkpoint_topic = checkpoint, checkpoint_topic
         self.retry, self.metrics, self.log = retry, metrics, log
@@ -261,21 +264,26 @@ class TransactionalPipeline:
         return batch.take([i for i in range(len(batch)) if i not in rejected])
 
     def _oversized(self, batch: Batch, routes: list[Any] | None) -> dict[int, str]:
-        """Events whose record exceeds ``output.max_request_size`` → the reason. A bound over the
-        batch's longest columns settles the common case without looking at each record."""
-        limit = self.max_request_size
+        """Events whose record is larger than its topic takes → the reason. A bound over the batch's
+        longest columns settles the common case without looking at each record."""
+        limits = self.limits
+        if routes is not None:  # learn the limits of topics new to this worker
+            for topic in {route[0] for route in routes if route is not None}:
+                limits.limit(topic)
         bound = (RECORD_OVERHEAD + _HEADER_NAMES_SIZE + max(map(len, batch.payloads), default=0)
                  + 4 * (max(map(len, batch.keys), default=0) + max(map(len, batch.ids), default=0)
                         + max(map(len, batch.operations), default=0) + max(map(len, batch.tables), default=0)) + 20)
-        if bound <= limit:
+        if bound <= limits.smallest:
             return {}
         oversized = {}
         for i, (key, payload) in enumerate(zip(batch.keys, batch.payloads)):
+            if routes is not None and routes[i] is None:
+                continue  # not routable: refused already
+            topic = routes[i][0] if routes is not None else self.router.topic
+            limit, setting = limits.limit(topic)
             size = record_size(key, payload, event_headers(batch, i))
             if size > limit:
-                topic = routes[i][0] if routes is not None and routes[i] is not None else self.router.topic
-                oversized[i] = (f"MSG_SIZE_TOO_LARGE: a record of {size} bytes exceeds output.max_request_size "
-                                f"{limit} (topic {topic})")
+                oversized[i] = f"MSG_SIZE_TOO_LARGE: a record of {size} bytes exceeds {setting} (topic {topic})"
         return oversized
 
     def _delivered(self, batches: list[Batch]) -> None:

@@ -5,7 +5,7 @@ The output section is the Kafka sink's (``output.*``): brokers, security, codec,
 ``transactional.id`` and ``transaction.timeout.ms`` (which the pass-through cannot override).
 ``message.max.bytes`` is the larger of ``output.max_request_size`` and the dead-letter topic's
 ``dlq.max_record_size`` (one producer writes both); output records are held to
-``max_request_size`` by the pipeline itself.
+``max_request_size`` and their topic's ``max.message.bytes`` by the pipeline itself.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from savegress_gw.kafka.codec import codec_settings
 from savegress_gw.kafka.connection import admin_settings, client_settings
 from savegress_gw.kafka.errors import KafkaClientError
 from savegress_gw.kafka.routing import Router
+from savegress_gw.kafka.topic_limits import TopicLimits
 from savegress_gw.kafka.topics import TopicOptions, create_topic
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.ring import Ring
@@ -124,7 +125,10 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
 
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
+    limits = TopicLimits(admin, output.max_request_size, output.batch_size, min(30.0, output.connect_timeout), log)
+    if output.topic_template is None:
+        limits.limit(output.topic)
     share = profile.buffer.size // (4 * profile.gateway.workers)
     parking = TransactionalParking(producer, dlq, holds, f"{profile.gateway.id}/worker-{worker}", metrics, log)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
-                                 profile.batching.max_wait, output.max_request_size, parking, max(share, 1), limiter)
+                                 profile.batching.max_wait, limits, parking, max(share, 1), limiter)

@@ -7,6 +7,7 @@ sequence numbers arrived in order.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ OVERSIZED_BLOB = 30_000
 """Bytes of ``after.blob`` in the events ``produce_sequenced`` makes oversized."""
 
 
+def _incompressible(seq: int) -> str:
+    """:data:`OVERSIZED_BLOB` hex characters that no codec shrinks much (so the broker sees the size too)."""
+    return random.Random(seq).randbytes(OVERSIZED_BLOB // 2).hex()
+
+
 def key_of(seq: int) -> int:
     """The key (``after.id``) of sequence number ``seq`` in ``produce_sequenced``'s topic."""
     return seq % 997
@@ -103,7 +109,7 @@ def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions
                       head: tuple[bytes, ...] = (), oversized: Collection[int] = ()) -> None:
     """A keyed input topic of ``count`` envelopes with ``after.seq`` 1..count (keys
     :func:`key_of`), after the raw records ``head`` at the start of partition 0. The events of
-    ``oversized`` carry an ``after.blob`` of :data:`OVERSIZED_BLOB` bytes."""
+    ``oversized`` carry an incompressible ``after.blob`` of :data:`OVERSIZED_BLOB` bytes."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -115,7 +121,7 @@ def produce_sequenced(config: dict[str, str], topic: str, count: int, partitions
         producer.produce(topic, record, partition=0)
     for seq in range(1, count + 1):
         envelope = {"id": f"in-{seq}", "schema": "public", "table": "users", "operation": "INSERT",
-                    "after": {"id": key_of(seq), "seq": seq, **({"blob": "p" * OVERSIZED_BLOB} if seq in oversized
+                    "after": {"id": key_of(seq), "seq": seq, **({"blob": _incompressible(seq)} if seq in oversized
                                                                  else {})}}
         while True:
             try:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import psycopg2
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from savegress_gw.deadletter.topic import TopicStore
 from tests.harness.gateway import Gateway, wait_for
@@ -236,26 +237,34 @@ def test_kafka_to_kafka_exactly_once_through_sigkills(kafka_cluster: Any, tmp_pa
     verify(config, f"{topic}-out", count)
 
 
+@pytest.mark.parametrize("limit", ["max_request_size", "topic"])
 def test_oversized_events_are_parked_in_their_transactions_and_keys_held_through_sigkills(
-        kafka_cluster: Any, tmp_path: Path) -> None:
+        kafka_cluster: Any, tmp_path: Path, limit: str) -> None:
     """Exactly-once with a dead-letter topic and ``dlq.preserve_order``: 1 % of the input is larger
-    than ``output.max_request_size``. Through worker, source-process and gateway SIGKILLs, each
-    oversized event is parked once, in the transaction of its batch, and every later event of its
-    key is parked behind it; every earlier one is delivered. Both topics are read ``read_committed``:
-    every sequence number is in exactly one of them, exactly once, in per-key order."""
+    than the output takes, by ``output.max_request_size`` or by the output topic's own
+    ``max.message.bytes`` (which the broker alone would enforce, aborting whole transactions).
+    Through worker, source-process and gateway SIGKILLs, each oversized event is parked once, in
+    the transaction of its batch, and every later event of its key is parked behind it; every
+    earlier one is delivered. Both topics are read ``read_committed``: every sequence number is in
+    exactly one of them, exactly once, in per-key order."""
     count = 30_000
     topic = f"eosdlq-{uuid.uuid4().hex[:8]}"
+    out, parked = f"{topic}-out", f"{topic}-out.dlq"
     config = kafka_cluster.client_config()
     oversized = set(random.Random(11).sample(range(1, count + 1), count // 100))
     produce_sequenced(config, f"{topic}-in", count, oversized=oversized)
     profile = kafka_to_kafka_profile(kafka_cluster, topic, count)
-    profile["output"]["max_request_size"] = 20_000
+    if limit == "max_request_size":
+        profile["output"]["max_request_size"] = 20_000
+    else:
+        admin = AdminClient(config)
+        admin.create_topics([NewTopic(out, 4, 1, config={"max.message.bytes": "20000"})])[out].result(30)
+        profile["output"]["batch_size"] = 16_000
     profile["dlq"] = {"enabled": True, "type": "kafka", "preserve_order": True, "timeout": "10s"}
     first_oversized: dict[int, int] = {}
     for seq in sorted(oversized):
         first_oversized.setdefault(key_of(seq), seq)
     held = {seq for seq in range(1, count + 1) if seq >= first_oversized.get(key_of(seq), count + 1)}
-    out, parked = f"{topic}-out", f"{topic}-out.dlq"
 
     def all_there() -> bool:
         return len(set(read_committed(config, out).sequences) | set(read_committed(config, parked).sequences)) >= count
@@ -264,11 +273,13 @@ def test_oversized_events_are_parked_in_their_transactions_and_keys_held_through
     assert hanging_partitions(config, out) == {} and hanging_partitions(config, parked) == {}
     delivered, dead = read_committed(config, out), read_committed(config, parked)
     verdict = verify_sequences(delivered.sequences + dead.sequences, count)
-    print(f"exactly-once with a dead-letter topic: {verdict}; {len(dead.sequences)} parked "
+    print(f"exactly-once with a dead-letter topic ({limit}): {verdict}; {len(dead.sequences)} parked "
           f"({len(oversized)} oversized), {len(delivered.sequences)} delivered")
     assert verdict.missing == [] and verdict.duplicates == 0, str(verdict)
     assert set(dead.sequences) == held and not set(delivered.sequences) & held
     assert delivered.order_violations == [] and dead.order_violations == []
-    classes = {int(orjson.loads(entry.payload)["after"]["seq"]): entry.error_class
-               for entry in TopicStore(parked, config).entries()}
-    assert {seq for seq, error in classes.items() if error == "MSG_SIZE_TOO_LARGE"} == oversized
+    entries = list(TopicStore(parked, config).entries())
+    assert {int(orjson.loads(e.payload)["after"]["seq"]) for e in entries if e.error_class == "MSG_SIZE_TOO_LARGE"} \
+        == oversized
+    setting = "output.max_request_size 20000" if limit == "max_request_size" else "the topic's max.message.bytes 20000"
+    assert all(setting in e.reason for e in entries if e.error_class == "MSG_SIZE_TOO_LARGE")
