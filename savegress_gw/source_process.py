@@ -28,7 +28,7 @@ from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from savegress_gw.exactly_once.checkpoints import checkpoint_topic
 from savegress_gw.exactly_once.frames import SINGLE_LANE, Marker, encode_sequenced
-from savegress_gw.exactly_once.setup import source_resume
+from savegress_gw.exactly_once.setup import source_resume, wait_for_cluster
 from savegress_gw.filters import TableFilter, priority_classes
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import encode_frame
@@ -456,6 +456,7 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
                                  resumable=source.resumable)
     ordinal = 0
     if profile.exactly_once.enabled:  # the checkpoint topic, not the file, says what is in Kafka
+        wait_for_cluster(profile, "source", runtime.beat, log)
         position, ordinal = source_resume(profile, source.sequence_lanes, log)
         where = f"checkpoint topic {checkpoint_topic(profile.gateway.id)}"
     else:

@@ -23,7 +23,7 @@ from savegress_gw.compressing import MeteredCompressor
 from savegress_gw.deadletter.holds import KeyedQueue, KeyHolds
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, GatewayError
 from savegress_gw.exactly_once.loop import TransactionalPipeline
-from savegress_gw.exactly_once.setup import build_pipeline
+from savegress_gw.exactly_once.setup import build_pipeline, wait_for_cluster
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
 from savegress_gw.ring import Ring
@@ -79,6 +79,7 @@ def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[Transactional
     and reads it back for ``preserve_order``); the rate limiter, when one is configured."""
     profile = runtime.profile
     ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
+    wait_for_cluster(profile, runtime.name, runtime.beat, log)
     opened = []
     for kind in ("limiter", "dlq"):
         component = instantiate(kind, profile, runtime.registry)

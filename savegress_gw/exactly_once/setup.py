@@ -10,8 +10,9 @@ The output section is the Kafka sink's (``output.*``): brokers, security, codec,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from savegress_gw.components import Limiter
@@ -21,9 +22,11 @@ from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_t
 from savegress_gw.exactly_once.loop import TransactionalPipeline
 from savegress_gw.exactly_once.parking import TransactionalParking, TransactionalQueue
 from savegress_gw.exactly_once.producer import TransactionalProducer
+from savegress_gw.kafka.client_errors import ClientErrors
 from savegress_gw.kafka.codec import codec_settings
-from savegress_gw.kafka.connection import admin_settings, client_settings
+from savegress_gw.kafka.connection import BrokerWait, admin_settings, client_settings
 from savegress_gw.kafka.errors import KafkaClientError
+from savegress_gw.kafka.logs import LibrdkafkaLog, RateLimitedLog
 from savegress_gw.kafka.routing import Router
 from savegress_gw.kafka.topic_limits import TopicLimits
 from savegress_gw.kafka.topics import TopicOptions, create_topic
@@ -59,6 +62,29 @@ def producer_settings(profile: Any, worker: int, max_dead_letter_size: int = 0) 
     conf.update({"transactional.id": transactional_id(profile.gateway.id, worker),
                  "transaction.timeout.ms": int(settings.transaction_timeout * 1000)})
     return conf
+
+
+def wait_for_cluster(profile: Any, process: str, beat: Callable[[], None], log: Any) -> None:
+    """With ``output.startup.wait``: return once a broker of the output answers, asking every
+    second, logging ``waiting for kafka brokers`` every ``startup.log_interval`` and calling
+    ``beat`` (the boot heartbeat) in between; without it, return at once. An authentication or TLS
+    failure raises :class:`~savegress_gw.kafka.errors.KafkaClientError` (no waiting fixes it).
+
+    Under exactly-once nothing can be read or sent before the checkpoint topic was read, so the
+    source process and every worker wait here, before they report ready.
+    """
+    startup = profile.output.startup
+    if not startup.wait:
+        return
+    limited = RateLimitedLog(log)
+    errors = ClientErrors(limited, "kafka client failed fatally while waiting for the brokers")
+    errors.opening = True
+    probe = Producer({**connection(profile, f"{process}-probe"), "error_cb": errors, "logger": LibrdkafkaLog(limited)})
+    waiting = BrokerWait(probe, profile.output.brokers, errors.open_errors, log, _LABEL, startup.log_interval)
+    while waiting.attempt() is None:
+        beat()
+    if waiting.attempts > 1:
+        log.info("kafka brokers reachable", attempts=waiting.attempts, waited_s=round(waiting.elapsed_s, 1))
 
 
 def read_timeout(profile: Any) -> float:

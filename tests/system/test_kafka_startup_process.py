@@ -13,10 +13,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import requests
 
 from tests.harness.gateway import Gateway, wait_for
 from tests.harness.kafka import broker_pids_under
 from tests.harness.kafka import kafka_local as kl
+from tests.harness.transactions import exactly_once_profile, read_committed
 from tests.harness.verify import verify_sequences
 from tests.system.test_kafka_process import read_sequences
 
@@ -81,6 +83,40 @@ def test_gateway_waits_for_brokers_that_start_later_and_delivers_everything(tmp_
         verdict = verify_sequences(read_sequences(cluster, topic), count)
         print(verdict)
         assert not verdict.missing and verdict.seen == count, str(verdict)
+    finally:
+        gateway.stop(timeout=60)
+        cluster.stop(timeout=15)
+        assert broker_pids_under(tmp_path / "kafka") == []
+
+
+def test_exactly_once_waits_before_ready_past_the_boot_timeout_then_delivers_everything_once(
+        tmp_path: Path) -> None:
+    """Under exactly-once nothing can be read before the checkpoint topic, so the source process and
+    the workers wait while booting: the gateway is not ready, logs progress from each of them, is
+    not halted by ``gateway.boot_timeout`` (they keep their heartbeats), and once the cluster
+    starts, every event is committed exactly once."""
+    port, count, topic = free_base_port(), 10_000, f"gw-wait-eos-{uuid.uuid4().hex[:8]}"
+    profile = exactly_once_profile(topic, f"127.0.0.1:{port}", topic, count, rate=4000)
+    profile["gateway"]["boot_timeout"] = "5s"
+    profile["output"]["startup"] = {"wait": True, "log_interval": "2s"}
+    gateway = Gateway(tmp_path, profile).start()
+    cluster = kl.LocalKafkaCluster(tmp_path / "kafka", 1, base_port=port)
+    try:
+        def waiting_processes() -> set[str]:
+            return {line.get("process", "") for line in log_lines(gateway, "waiting for kafka brokers")}
+        wait_for(lambda: {"source", "worker-0", "worker-1"} <= waiting_processes(), 60,
+                 "progress lines from the source process and both workers")
+        time.sleep(6)  # past boot_timeout
+        assert gateway.process is not None and gateway.process.poll() is None, gateway.stderr()[-3000:]
+        with pytest.raises(requests.RequestException):
+            requests.get(gateway.url("/health/ready"), timeout=1).raise_for_status()
+
+        cluster.start()
+        assert gateway.wait(timeout=180) == 0, gateway.stderr()[-3000:]
+        committed = read_committed(cluster.client_config(), topic)
+        verdict = verify_sequences(committed.sequences, count)
+        print(verdict)
+        assert not verdict.missing and verdict.duplicates == 0, str(verdict)
     finally:
         gateway.stop(timeout=60)
         cluster.stop(timeout=15)
