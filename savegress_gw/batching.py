@@ -9,6 +9,7 @@ batches of at most ``max_size``). All work on whole :class:`Batch` columns, neve
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from savegress_gw.components import Batch
 from savegress_gw.profile.settings import BatchingSettings
@@ -20,30 +21,35 @@ class Batcher:
     ``take(now)`` returns the next ready batch or None; ``take(now, force=True)`` returns whatever
     is pending (shutdown). Batches come out in arrival order; each knows its position in the
     worker's event stream through :attr:`taken` (events handed out so far).
+
+    Added batches are kept as they are (never modified; the caller must not modify them either)
+    instead of being copied into one pending batch: an added batch that is exactly what ``take``
+    hands out next is handed out itself, one that holds more is sliced from a cursor, and only a
+    batch that spans several added ones is assembled from them.
     """
 
     def __init__(self, max_size: int, max_wait_s: float) -> None:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
-        self._pending = Batch.empty()
-        self._start = 0  # events of _pending before this index were taken; empty when all were
+        self._parts: deque[Batch] = deque()  # pending events in arrival order, the first from _start on
+        self._start = 0
+        self._count = 0
         self._first_at: float | None = None
         self.taken = 0
 
     def __len__(self) -> int:
-        return len(self._pending) - self._start
+        return self._count
 
     def add(self, batch: Batch, now: float | None = None) -> None:
         if not batch:
             return
         if self._first_at is None:
             self._first_at = time.monotonic() if now is None else now
-        if self._start:  # drop what was taken before growing (at most one batch's worth is left)
-            self._pending, self._start = self._pending.slice(self._start, len(self._pending)), 0
-        self._pending.extend(batch)
+        self._parts.append(batch)
+        self._count += len(batch)
 
     def ready(self, now: float) -> bool:
-        return len(self) >= self.max_size or (
+        return self._count >= self.max_size or (
             self._first_at is not None and now - self._first_at >= self.max_wait_s
         )
 
@@ -52,20 +58,39 @@ class Batcher:
         return None if self._first_at is None else self._first_at + self.max_wait_s
 
     def take(self, now: float, force: bool = False) -> Batch | None:
-        if not self._pending or not (force or self.ready(now)):
+        if not self._count or not (force or self.ready(now)):
             return None
-        pending, start, end = self._pending, self._start, len(self._pending)
-        if start == 0 and end <= self.max_size:
-            batch = pending
-        else:  # slices from a cursor: taking many batches from a long pending run copies each event once
-            stop = min(start + self.max_size, end)
-            batch, self._start = pending.slice(start, stop), stop
-        if len(batch) == end - start:
-            self._pending, self._start = Batch.empty(), 0
-            self._first_at = None
-        else:
+        size = min(self.max_size, self._count)
+        batch = self._cut(size)
+        self._count -= size
+        if self._count:
             self._first_at = now  # the remainder has waited, but keep latency bounded by sending it next
-        self.taken += len(batch)
+        else:
+            self._first_at = None
+        self.taken += size
+        return batch
+
+    def _cut(self, size: int) -> Batch:
+        """The next ``size`` pending events (``size`` <= pending), taken off the parts."""
+        parts, start = self._parts, self._start
+        first = parts[0]
+        if start == 0 and len(first) == size:
+            return parts.popleft()
+        if len(first) - start > size:
+            self._start = start + size
+            return first.slice(start, start + size)
+        batch = first.slice(start, len(first))
+        parts.popleft()
+        self._start = 0
+        while len(batch) < size:
+            part = parts[0]
+            need = size - len(batch)
+            if len(part) > need:
+                batch.extend(part.slice(0, need))
+                self._start = need
+                break
+            batch.extend(part)
+            parts.popleft()
         return batch
 
     def observe_latency(self, seconds: float, now: float) -> None:
@@ -122,21 +147,21 @@ class TimeBatcher(Batcher):
         self._draining = False
 
     def ready(self, now: float) -> bool:
-        if self._draining and self._pending:
+        if self._draining and self._count:
             return True
-        self._draining = bool(self._pending) and now >= self._tick
+        self._draining = bool(self._count) and now >= self._tick
         if now >= self._tick:
             self._tick = now + self.max_wait_s
         return self._draining
 
     def take(self, now: float, force: bool = False) -> Batch | None:
         batch = super().take(now, force)
-        if not self._pending:
+        if not self._count:
             self._draining = False  # events that arrive after a drain wait for the next tick
         return batch
 
     def next_deadline(self) -> float | None:
-        return self._tick if self._pending else None
+        return self._tick if self._count else None
 
 
 def make_batcher(settings: BatchingSettings) -> Batcher:

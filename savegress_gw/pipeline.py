@@ -38,6 +38,10 @@ from savegress_gw.ring import Ring
 
 LATENCY_SAMPLES = 8
 """Events per batch whose latency is measured; each stands for its share of the batch."""
+READ_EVENTS = 2048
+"""A step stops reading frames once it has this many events, and sends them: a worker that fell
+behind would otherwise copy and decode its whole backlog (up to tens of MB) before sending any of
+it, and the events would have left the CPU caches by the time they are sent."""
 
 
 def encode_frame(batch: Batch) -> bytes:
@@ -116,13 +120,15 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def _read(self, now: float) -> bool:
-        frames = self.ring.read(max_frames=64)
-        for frame in frames:
+        """Read and decode frames until :data:`READ_EVENTS` events or the ring has no more."""
+        start, read = self.read_index, False
+        while self.read_index - start < READ_EVENTS and (frames := self.ring.read(max_frames=1)):
+            frame, read = frames[0], True
             batch = decode_frame(frame.payload)
             self.batcher.add(batch, now)
             self.read_index += len(batch)
             self._frames.append((self.read_index, frame.end))
-        return bool(frames)
+        return read
 
     def _send_new(self, now: float, force: bool) -> bool:
         worked = False
