@@ -11,9 +11,10 @@ REPEATABLE READ snapshot instead (for resuming after the exported one is gone: r
 a later state, which the stream from the slot's consistent point converges).
 
 ``iter_table((schema, name), after_pk=None, batch_size=10000, condition=None)`` yields batches
-(lists) of ``(row, pk)``: ``row`` maps column → JSON-ready value through the same ``types.RowDecoder`` the
-stream uses (values are fetched with ``COPY … TO STDOUT`` in text format, i.e. by each type's
-output function, exactly as the walsender prints them); ``pk`` is the tuple of the primary key
+(lists) of ``(row, pk)``: ``row`` maps column → JSON-ready value through the converters of the
+same ``types.RowDecoder`` the stream uses, applied line by line by ``copy_rows.rows_converter``
+(values are fetched with ``COPY … TO STDOUT`` in text format, i.e. by each type's output
+function, exactly as the walsender prints them); ``pk`` is the tuple of the primary key
 columns' text forms. Rows come in primary key order, each batch is one ``COPY (SELECT … WHERE
 (pk) > (after) ORDER BY pk LIMIT batch_size)``, so a reader restarted with the last ``pk`` it
 handed out continues right after it. ``condition`` (a SQL boolean expression over the row, as in
@@ -44,6 +45,7 @@ import psycopg2.extensions
 import psycopg2.sql
 
 from savegress_gw.postgres.connection import connect_kwargs
+from savegress_gw.postgres.copy_rows import rows_converter
 from savegress_gw.postgres.pgoutput import Column, Relation, TypeInfo
 from savegress_gw.postgres.types import RowDecoder
 
@@ -126,11 +128,12 @@ def _unescape(field: str) -> str | None:
 
 
 def parse_copy_text(data: str) -> list[list[str | None]]:
-    """Rows of ``COPY … TO STDOUT`` text format → lists of text values (None for NULL)."""
+    """Rows of ``COPY … TO STDOUT`` text format → lists of text values (None for NULL). Every
+    line is a row, an empty one too (a one-column row holding the empty string)."""
     rows: list[list[str | None]] = []
-    for line in data.split("\n"):
-        if not line:
-            continue  # the final newline (a row always has at least one tab-separated field)
+    lines = data.split("\n")
+    lines.pop()  # after the last row's newline
+    for line in lines:
         fields: list[Any] = line.split("\t")
         if "\\" in line:
             fields = [_unescape(field) for field in fields]
@@ -270,7 +273,7 @@ class SnapshotReader:
                 f"{table[0]}.{table[1]}: after_pk has {len(after_pk)} values but the key "
                 f"{plan.key_columns or '(none: the table cannot be resumed)'}"
             )
-        decode = plan.decoder.decode_complete
+        convert = rows_converter(plan.decoder, plan.key_indexes, parse_copy_text)
         key_of = _key_getter(plan.key_indexes)
         ordered = bool(plan.key_indexes)
         limit = batch_size if ordered else None
@@ -286,8 +289,7 @@ class SnapshotReader:
                     last = key_of(parse_copy_text(parts[-1].decode())[0])
                     pending = pool.submit(self._fetch, plan, last, limit, condition)
                 with _gc_paused():
-                    rows = parse_copy_text(b"".join(parts).decode())
-                    batch: Batch = [(decode(v), key_of(v)) for v in rows]
+                    batch: Batch = convert(b"".join(parts).decode())
                 for start in range(0, len(batch), batch_size):  # one slice unless unordered
                     yield batch[start : start + batch_size]
 

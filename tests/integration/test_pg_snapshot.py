@@ -257,6 +257,15 @@ def test_escaped_text_round_trips(postgres, pg_database, db) -> None:
     assert parse_copy_text("a\\tb\t\\N\t\n\\\\N\tx\n") == [["a\tb", None, ""], ["\\N", "x"]]
 
 
+def test_a_row_of_one_empty_string_is_read(postgres, pg_database, db) -> None:
+    run(db, "CREATE TABLE one (k text PRIMARY KEY)", "INSERT INTO one VALUES (''), ('a')",
+        "CREATE TABLE bare (v text)", "INSERT INTO bare VALUES (''), (''), (NULL)")
+    with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
+        assert read_all(reader, ("public", "one"), batch_size=1) == [({"k": ""}, ("",)), ({"k": "a"}, ("a",))]
+        assert sorted(read_all(reader, ("public", "bare")), key=str) == [
+            ({"v": ""}, ()), ({"v": ""}, ()), ({"v": None}, ())]
+
+
 def test_an_unknown_or_expired_snapshot_is_a_clear_error(postgres, pg_database) -> None:
     unknown = "cannot import snapshot '00000003-0000FFFF-1'.*invalid"
     with pytest.raises(SnapshotError, match=unknown):
