@@ -5,8 +5,8 @@ An event is *rejected* when no retry can deliver it: its record is larger than
 it locally for good. With a dead-letter queue (``dlq.type: kafka``, on the output's cluster) its
 dead-letter record is produced into the open transaction, so it becomes visible exactly when the
 rest of the transaction does, and is gone if the transaction aborts (the replay parks it again).
-Without one, or when the dead-letter topic refuses the record too (larger than
-``dlq.max_record_size``), the event is dropped and logged by id. Either way it is counted
+Without one, or when the dead-letter record is larger than ``dlq.max_record_size`` or the
+dead-letter topic's ``max.message.bytes`` allow, the event is dropped and logged by id. Either way it is counted
 (``events_dead_lettered_total`` or ``events_dropped_total{reason="rejected"}``) only when the
 transaction commits, so an aborted and replayed transaction counts its events once.
 
@@ -28,6 +28,7 @@ from savegress_gw.components import Batch, Status
 from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.exactly_once.producer import TransactionalProducer
 from savegress_gw.kafka.errors import describe, status_of
+from savegress_gw.kafka.record_size import record_size
 from savegress_gw.metrics import ProcessMetrics
 
 LOGGED_IDS = 20
@@ -65,9 +66,12 @@ class TransactionalParking:
     :meth:`committed` after a commit.
     """
 
-    def __init__(self, producer: TransactionalProducer, queue: TransactionalQueue | None, holds: KeyHolds | None,
-                 origin: str, metrics: ProcessMetrics, log: Any) -> None:
-        self.producer, self.queue, self.holds = producer, queue, holds
+    def __init__(self, producer: TransactionalProducer, queue: TransactionalQueue | None,
+                 queue_limit: tuple[int, str] | None, holds: KeyHolds | None, origin: str, metrics: ProcessMetrics,
+                 log: Any) -> None:
+        """``queue_limit``: the largest dead-letter record and the setting that says so
+        (:meth:`~savegress_gw.kafka.topic_limits.TopicLimits.limit` of the dead-letter topic)."""
+        self.producer, self.queue, self.queue_limit, self.holds = producer, queue, queue_limit, holds
         self.origin, self.metrics, self.log = origin, metrics, log
         self._pending: list[_Rejected] = []
         self._committed_holds = holds.snapshot() if holds is not None else None
@@ -114,7 +118,14 @@ class TransactionalParking:
             self._note(events, [reasons[i] for i in indices], parked=False)
             return
         headers = self.queue.record_headers(events, [reasons[i] for i in indices], 1, self.origin)
+        assert self.queue_limit is not None, "a queue comes with its limit"
+        limit, setting = self.queue_limit
         for j, i in enumerate(indices):
+            size = record_size(events.keys[j], events.payloads[j], headers[j])
+            if size > limit:
+                self._note(events.take([j]), [f"{reasons[i]}; its dead-letter record of {size} bytes exceeds "
+                                              f"{setting} too"], parked=False)
+                continue
             try:
                 self.producer.produce(self.queue.topic, events.payloads[j], events.keys[j], headers[j])
             except KafkaException as exc:

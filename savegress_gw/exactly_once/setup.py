@@ -151,10 +151,16 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
 
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
-    limits = TopicLimits(admin, output.max_request_size, output.batch_size, min(30.0, output.connect_timeout), log)
+    timeout = min(30.0, output.connect_timeout)
+    limits = TopicLimits(admin, (output.max_request_size, "output.max_request_size"), output.batch_size, timeout, log)
     if output.topic_template is None:
         limits.limit(output.topic)
+    dead_letter_limit = None
+    if dlq is not None:
+        dead_letter_limit = TopicLimits(admin, (dlq.max_record_size, "dlq.max_record_size"), output.batch_size,
+                                        timeout, log).limit(dlq.topic)
     share = profile.buffer.size // (4 * profile.gateway.workers)
-    parking = TransactionalParking(producer, dlq, holds, f"{profile.gateway.id}/worker-{worker}", metrics, log)
+    parking = TransactionalParking(producer, dlq, dead_letter_limit, holds, f"{profile.gateway.id}/worker-{worker}",
+                                   metrics, log)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
                                  profile.batching.max_wait, limits, parking, max(share, 1), limiter)

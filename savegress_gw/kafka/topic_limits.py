@@ -3,10 +3,11 @@
 The broker refuses a record batch larger than the topic's ``max.message.bytes``; in a transaction
 that aborts the whole transaction, and librdkafka reports every record of the batch as failed, so
 the culprit cannot be told from its neighbours. The exactly-once worker therefore measures each
-record before producing it against the smaller of ``output.max_request_size`` and what the topic
-takes (its ``max.message.bytes`` minus :data:`BATCH_OVERHEAD`: a record too large to share a batch
-is sent alone in one). The topic setting is read once per topic with ``DescribeConfigs``; a topic
-that cannot be described (no permission, no answer) is held to ``max_request_size`` only.
+record before producing it against the smaller of its own limit (``output.max_request_size``, or
+``dlq.max_record_size`` for dead-letter records) and what the topic takes (its
+``max.message.bytes`` minus :data:`BATCH_OVERHEAD`: a record too large to share a batch is sent
+alone in one). The topic setting is read once per topic with ``DescribeConfigs``; a topic that
+cannot be described (no permission, no answer) is held to the own limit only.
 
 A topic whose ``max.message.bytes`` is below the producer's ``batch.size`` may still refuse
 batches of small records; :meth:`TopicLimits.limit` warns about that once per topic.
@@ -25,13 +26,18 @@ BATCH_OVERHEAD = 61
 
 
 class TopicLimits:
-    """Per topic: the largest record size to produce, and the setting that sets it."""
+    """Per topic: the largest record size to produce, and the setting that sets it.
 
-    def __init__(self, admin: AdminClient, max_request_size: int, batch_size: int, timeout_s: float, log: Any) -> None:
-        self.admin, self.max_request_size, self.batch_size = admin, max_request_size, batch_size
+    ``own_limit`` is the client's limit and its setting's name, e.g. ``(1048576,
+    "output.max_request_size")``; ``batch_size`` the producer's ``batch.size``.
+    """
+
+    def __init__(self, admin: AdminClient, own_limit: tuple[int, str], batch_size: int, timeout_s: float,
+                 log: Any) -> None:
+        self.admin, self.own_limit, self.batch_size = admin, own_limit, batch_size
         self.timeout_s, self.log = timeout_s, log
         self._limits: dict[str, tuple[int, str]] = {}
-        self.smallest = max_request_size
+        self.smallest = own_limit[0]
         """The smallest limit of any topic seen so far: a batch whose records are all below it needs no closer look."""
 
     def limit(self, topic: str) -> tuple[int, str]:
@@ -44,14 +50,15 @@ class TopicLimits:
         return known
 
     def _read(self, topic: str) -> tuple[int, str]:
-        own = (self.max_request_size, f"output.max_request_size {self.max_request_size}")
+        own_size, own_setting = self.own_limit
+        own = (own_size, f"{own_setting} {own_size}")
         resource = ConfigResource("topic", topic)
         try:
             entries = self.admin.describe_configs([resource], request_timeout=self.timeout_s)[resource].result(
                 timeout=self.timeout_s)
             topic_max = int(entries["max.message.bytes"].value)
         except Exception as exc:  # not described (permissions, no answer, not created yet): the output's limit
-            self.log.info("could not read the topic's max.message.bytes; records are held to max_request_size",
+            self.log.info(f"could not read the topic's max.message.bytes; records are held to {own_setting}",
                           topic=topic, error=describe(exc))
             return own
         if topic_max < self.batch_size + BATCH_OVERHEAD:
@@ -59,6 +66,6 @@ class TopicLimits:
                              "whole batches of small records (each such refusal aborts a transaction); lower "
                              "output.batch_size or raise the topic's max.message.bytes", topic=topic,
                              max_message_bytes=topic_max, batch_size=self.batch_size)
-        if topic_max - BATCH_OVERHEAD < self.max_request_size:
+        if topic_max - BATCH_OVERHEAD < own_size:
             return topic_max - BATCH_OVERHEAD, f"the topic's max.message.bytes {topic_max} less a batch header"
         return own

@@ -94,7 +94,8 @@ def test_checkpoints_read_back_are_the_latest_committed_per_worker(kafka_cluster
 
 def test_a_parked_event_is_visible_with_its_committed_transaction_only_and_counted_once(kafka_cluster: Any) -> None:
     """The dead-letter record goes into the open transaction: an aborted attempt leaves nothing
-    visible and counts nothing; the replayed, committed one parks the event once, with the reason."""
+    visible and counts nothing; the replayed, committed one parks the event once, with the reason.
+    An event whose dead-letter record is too large for the dead-letter topic is dropped and counted so."""
     topic = f"eos-park-{uuid.uuid4().hex[:8]}"
     profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
                "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic},
@@ -102,23 +103,27 @@ def test_a_parked_event_is_visible_with_its_committed_transaction_only_and_count
     queue, _ = build("dlq", profile, generator, kafka_sink, kafka_dlq)
     metrics = MetricsBlock(1)
     writer = producer(kafka_cluster, f"park-{uuid.uuid4().hex[:8]}")
-    parking = TransactionalParking(writer, queue, None, "gw/worker-0", metrics.row(0), LOG)
+    parking = TransactionalParking(writer, queue, (5000, "dlq.max_record_size"), None, "gw/worker-0",
+                                   metrics.row(0), LOG)
     batch = encode([normalize({"id": f"e{seq}", "table": "users", "operation": "INSERT",
-                               "after": {"id": seq, "seq": seq}}, "test") for seq in (1, 2)], time.time_ns())
+                               "after": {"id": seq, "seq": seq, "blob": "b" * (6000 if seq == 3 else 10)}}, "test")
+                    for seq in (1, 2, 3)], time.time_ns())
     reason = "MSG_SIZE_TOO_LARGE: a record of 30100 bytes exceeds output.max_request_size 20000"
     writer.begin()
     parking.begin()
-    parking.reject(batch, {1: reason})
+    parking.reject(batch, {1: reason, 2: reason})
     with pytest.raises(TransactionAborted):
         writer.abort("on purpose")
-    assert metrics.counter_totals()["events_dead_lettered"] == 0
+    totals = metrics.counter_totals()
+    assert (totals["events_dead_lettered"], totals["events_dropped_rejected"]) == (0, 0)
     writer.begin()
     parking.begin()
-    parking.reject(batch, {1: reason})
+    parking.reject(batch, {1: reason, 2: reason})
     writer.commit()
     parking.committed()
     queue.close()
-    assert metrics.counter_totals()["events_dead_lettered"] == 1
+    totals = metrics.counter_totals()
+    assert (totals["events_dead_lettered"], totals["events_dropped_rejected"]) == (1, 1)
     assert read_committed(kafka_cluster.client_config(), f"{topic}.dlq").sequences == [2]
     (entry,) = TopicStore(f"{topic}.dlq", kafka_cluster.client_config()).entries()
     assert (entry.event_id, entry.reason, entry.error_class, entry.origin) == \

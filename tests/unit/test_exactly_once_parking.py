@@ -60,7 +60,7 @@ def batch(*keys: str) -> Batch:
 
 def parking_with_holds() -> tuple[TransactionalParking, KeyHolds]:
     holds = KeyHolds(NothingParked(), LOG, load=False)
-    return TransactionalParking(None, None, holds, "gw/worker-0", MetricsBlock(1).row(0), LOG), holds  # type: ignore[arg-type]
+    return TransactionalParking(None, None, None, holds, "gw/worker-0", MetricsBlock(1).row(0), LOG), holds  # type: ignore[arg-type]
 
 
 def test_preserve_order_parks_every_later_event_of_a_rejected_events_key() -> None:
