@@ -20,8 +20,9 @@ and topic (or file):
   The first ``--warmup`` seconds are not measured.
 
 "Delivered" is the broker's append time (topics are created with
-``message.timestamp.type=LogAppendTime`` and read back by a consumer) or, for the file sink, the
-time a line was seen in the file (tailed every 2 ms). Latency is that time minus the change's
+``message.timestamp.type=LogAppendTime`` and read back once a phase is over, so no consumer
+competes for the two cores while it runs; progress meanwhile comes from the partitions'
+watermarks) or, for the file sink, the time a line was seen in the file (tailed every 2 ms). Latency is that time minus the change's
 PostgreSQL commit timestamp (the envelope's ``timestamp``), sampled on every 10th change.
 
     python bench/pg_cdc.py [--sink kafka|file] [--snapshot-rows 300000] [--backlog 300000]
@@ -62,6 +63,7 @@ from tests.harness.postgres import pg_local  # noqa: E402
 ACCOUNTS = 100_000
 SAMPLE_EVERY = 10
 """Latency is computed for every 10th delivered change (parsing each would load the bench itself)."""
+HEARTBEAT = b'"operation":"HEARTBEAT"'
 KAFKA_OUTPUT = {"acks": "all", "compression": "lz4", "linger_ms": 5, "batch_size": 1_000_000}
 
 
@@ -109,8 +111,9 @@ def commit_time(payload: bytes) -> float | None:
 
 
 class Delivered(threading.Thread):
-    """Follows a sink: ``stamps`` holds each delivered event's delivery time (Unix seconds, in
-    delivery order), ``latencies`` (delivery time, seconds since commit) of every 10th UPDATE."""
+    """Follows a sink: ``stamps`` holds each delivered event's delivery time (Unix seconds;
+    heartbeats are not counted), ``latencies`` (delivery time, seconds since commit) of every 10th
+    UPDATE."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -130,7 +133,7 @@ class Delivered(threading.Thread):
 
     def rate(self, begin: float, end: float) -> float:
         """Delivered events per second between the first and the last delivery in [begin, end]."""
-        inside = [t for t in self.stamps if begin <= t <= end]
+        inside = sorted(t for t in self.stamps if begin <= t <= end)
         return (len(inside) - 1) / (inside[-1] - inside[0]) if len(inside) > 1 and inside[-1] > inside[0] else 0.0
 
 
@@ -156,7 +159,7 @@ class FileTail(Delivered):
                 rest = lines.pop()
                 for line in lines[::SAMPLE_EVERY]:
                     self._sample(now, line)
-                self.stamps.extend([now] * len(lines))
+                self.stamps.extend([now] * sum(HEARTBEAT not in line for line in lines))
 
 
 class TopicReader(Delivered):
@@ -179,10 +182,13 @@ class TopicReader(Delivered):
                 if message.error():
                     continue
                 appended = message.timestamp()[1] / 1000
+                value = message.value()
+                if HEARTBEAT in value:
+                    continue
                 stamps.append(appended)
                 seen += 1
                 if seen % SAMPLE_EVERY == 0:
-                    self._sample(appended, message.value())
+                    self._sample(appended, value)
         self.consumer.close()
 
 
@@ -203,6 +209,30 @@ class Sink:
         if self.kind == "kafka":
             return {"type": "kafka", "brokers": [self.bootstrap], "topic": self.topic, **KAFKA_OUTPUT}
         return {"type": "file", "path": str(self.path), "rotate": {"enabled": False}}
+
+    def records(self) -> int:
+        """How many records the topic holds (its partitions' watermarks; nothing is consumed)."""
+        from confluent_kafka import Consumer, TopicPartition
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"count-{uuid.uuid4().hex[:6]}"})
+        partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        count = 0
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
+            count += high - low
+        consumer.close()
+        return count
+
+    def read_back(self) -> Delivered:
+        """The whole topic, read once the gateway delivered it: delivery and latency come from
+        the records' append times, so the bench's consumer need not run (and take CPU) meanwhile."""
+        follower = self.reader()
+        total = self.records()
+        deadline = time.monotonic() + 300
+        while follower.count < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        follower.stop.set()
+        follower.join(10)
+        return follower
 
     def append_span(self) -> tuple[int, float, float]:
         """(records, first, last append time) of the topic, from the first and the last record of
@@ -381,6 +411,8 @@ def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse
         delivered, first, last = follower.count, follower.stamps[0], follower.stamps[-1]
     if delivered < rows:
         raise SystemExit(f"snapshot: {delivered} of {rows} rows delivered")
+    if last <= first:
+        raise SystemExit("snapshot: delivered too fast to time; use more --snapshot-rows")
     print(f"snapshot: {rows:,} rows (~{row_bytes} bytes of text each) -> {sink.kind}: "
           f"{rows / (last - first):,.0f} rows/s first to last delivery ({last - first:.2f}s), "
           f"{rows / (exited - started):,.0f} rows/s gateway start to exit ({exited - started:.2f}s); "
@@ -409,18 +441,20 @@ def stream_phases(pg: Any, workdir: Path, sink: Sink, args: argparse.Namespace) 
         gateway.wait(60)
 
         write_backlog(dsn, args.backlog)
-        follower = sink.reader()
+        tail = sink.reader() if sink.kind == "file" else None  # Kafka is read back at the end
+        earlier = 0 if tail is not None else sink.records()  # heartbeats of the first start
+
+        def delivered_so_far() -> int:
+            return tail.count if tail is not None else sink.records() - earlier
+
         gateway = start_gateway(workdir, "stream", source, snapshot, sink.output(), args.workers, port)
         wait_streaming(pg, gateway, "bench", workdir)
+        catch_up_load = loadavg()
         deadline = time.monotonic() + 600
-        while follower.count < args.backlog and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if follower.count >= args.backlog > 0:
-            first, last = follower.stamps[0], follower.stamps[args.backlog - 1]
-            print(f"catch-up: {args.backlog:,} changes in {last - first:.2f}s = {args.backlog / (last - first):,.0f} "
-                  f"changes/s (workers={args.workers}; load {loadavg()})")
+        while delivered_so_far() < args.backlog and time.monotonic() < deadline:
+            time.sleep(0.2)
 
-        start_count = follower.count
+        start_count = delivered_so_far()
         done = mp.Value("q", 0)
         begin, wall_begin = time.monotonic(), time.time()
         stop_at = begin + args.seconds
@@ -442,9 +476,16 @@ def stream_phases(pg: Any, workdir: Path, sink: Sink, args: argparse.Namespace) 
             process.join(60)
         offered = done.value / args.seconds
         deadline = time.monotonic() + 120
-        while follower.count - start_count < done.value and time.monotonic() < deadline:
-            time.sleep(0.05)
-        follower.stop.set()
+        while delivered_so_far() - start_count < done.value and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if tail is not None:
+            tail.stop.set()
+        follower = tail if tail is not None else sink.read_back()
+        stamps = sorted(follower.stamps)
+        if len(stamps) >= args.backlog > 0:
+            first, last = stamps[0], stamps[args.backlog - 1]
+            print(f"catch-up: {args.backlog:,} changes in {last - first:.2f}s = {args.backlog / (last - first):,.0f} "
+                  f"changes/s (workers={args.workers}; load {catch_up_load})")
         delivered = follower.rate(wall_begin + args.warmup, wall_end)
         steady = [s for t, s in follower.latencies if wall_begin + args.warmup <= t <= wall_end]
         half = len(lag_samples) // 2
