@@ -91,7 +91,7 @@ def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[Transactional
     limiter = next((c for c in opened if isinstance(c, Limiter)), None)
     dlq = next((c for c in opened if isinstance(c, DeadLetterQueue)), None)
     pipeline = build_pipeline(profile, runtime.args.index, ring, runtime.metrics, log.bind(component="exactly-once"),
-                              limiter, dlq, _holds(profile, dlq, log))
+                              runtime.beat, limiter, dlq)
     return pipeline, opened
 
 

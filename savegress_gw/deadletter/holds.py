@@ -59,7 +59,8 @@ class KeyHolds:
     """The held keys of one worker, each with the event it is held behind (see the module docstring).
 
     ``queue`` is the worker's dead-letter queue; ``load`` says whether keys already in it are held
-    from the start. ``run`` starts a scan (default: :func:`in_thread`).
+    from the start (read here; or later by the caller, with :meth:`hold_existing`). ``run`` starts a
+    scan (default: :func:`in_thread`).
     """
 
     def __init__(self, queue: KeyedQueue, log: object, load: bool = True, run: Run = in_thread,
@@ -74,10 +75,15 @@ class KeyHolds:
         """``_parks`` when the running scan started: later parks are not in its result."""
         self._next_scan = 0.0
         if load:
-            self._held = dict(queue.parked_keys())
-            if self._held:
-                log.info("holding keys with entries in the dead-letter queue (dlq.preserve_order)",
-                         keys=len(self._held))
+            self.hold_existing(queue.parked_keys())
+
+    def hold_existing(self, parked: dict[str, str]) -> None:
+        """Hold every key of ``parked`` (key → event id of its oldest entry, as
+        :meth:`KeyedQueue.parked_keys` gives them): entries the queue had before this worker started."""
+        for key, event_id in parked.items():
+            self._held.setdefault(key, event_id)
+        if parked:
+            self._log.info("holding keys with entries in the dead-letter queue (dlq.preserve_order)", keys=len(parked))
 
     def __len__(self) -> int:
         return len(self._held)

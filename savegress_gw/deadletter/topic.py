@@ -80,7 +80,10 @@ class TopicStore:
     """Reads and removes the entries of a Kafka dead-letter topic (see the module docstring).
 
     ``conf`` is the librdkafka connection (bootstrap servers, security); each call opens and
-    closes its own clients, so a store may be used from any thread, one call at a time.
+    closes its own clients, so a store may be used from any thread, one call at a time. Reads see
+    committed records only, up to the high-water mark at the call: records of transactions still
+    open then (exactly-once workers park in transactions) are waited for, at most ``timeout_s``
+    without progress, so no committed entry behind an open transaction is missed.
     Records without the dead-letter headers are skipped, logged once and counted in :attr:`corrupt`.
     """
 
@@ -127,10 +130,9 @@ class TopicStore:
         raise KeyError(entry_id)
 
     def count(self) -> int:
-        """Live entries right now (records between the low- and high-water marks without a marker)."""
-        removed = self._removed()
-        return sum(high - low - sum(1 for p, o in removed if p == partition and low <= o < high)
-                   for partition, (low, high) in self._ranges().items())
+        """Live entries right now. Read, not computed from offsets: a transactional writer (the
+        exactly-once workers) leaves commit markers and aborted records between the entries."""
+        return sum(1 for _ in self.entries())
 
     def parked_keys(self) -> dict[str, str]:
         """Every key with a live entry → the event id of its oldest one."""
@@ -168,9 +170,7 @@ class TopicStore:
         cuts: list[TopicPartition] = []
         below: list[tuple[int, int]] = []
         for partition, (low, high) in ranges.items():
-            first_live = low
-            while first_live < high and (partition, first_live) in removed:
-                first_live += 1
+            first_live = self._first_live(partition, low, high, removed)
             if first_live > low:
                 cuts.append(TopicPartition(self.topic, partition, first_live))
             below.extend((p, o) for p, o in removed if p == partition and o < first_live)
@@ -187,17 +187,29 @@ class TopicStore:
         if below:  # below the low-water mark now: compaction may drop their markers
             self._produce_markers([(f"{p}:{o}".encode(), None) for p, o in below])
 
+    def _first_live(self, partition: int, low: int, high: int, removed: set[tuple[int, int]]) -> int:
+        """The offset of the partition's first entry without a marker (``high`` when there is none):
+        read, since transaction markers and aborted records lie between entries too."""
+        if low >= high or (partition, low) not in removed:
+            return low
+        for _, offset, _ in self._read(self.topic, {partition: (low, high)}):
+            if (partition, offset) not in removed:
+                return offset
+        return high
+
     # ------------------------------------------------------------------ clients
 
-    def _consumer(self) -> Consumer:
+    def _consumer(self, isolation: str = "read_committed") -> Consumer:
         return Consumer({**self._conf, "group.id": f"savegress-dlq-reader-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "enable.partition.eof": True,
-                         "auto.offset.reset": "earliest"})
+                         "auto.offset.reset": "earliest", "isolation.level": isolation})
 
     def _ranges(self, topic: str | None = None) -> dict[int, tuple[int, int]]:
-        """Partition → (low-water mark, high-water mark) of ``topic`` (default: the dead-letter topic)."""
+        """Partition → (low-water mark, high-water mark) of ``topic`` (default: the dead-letter topic).
+        The high-water mark includes records of open transactions (a ``read_committed`` client
+        would be told the last stable offset instead)."""
         topic = topic or self.topic
-        consumer = self._consumer()
+        consumer = self._consumer(isolation="read_uncommitted")
         try:
             try:
                 metadata = consumer.list_topics(topic, timeout=self._timeout)
@@ -245,7 +257,9 @@ class TopicStore:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        return
+                        if consumer.position([TopicPartition(topic, partition)])[0].offset >= high:
+                            return
+                        continue  # at the last stable offset: transactions open at the call decide first
                     raise TopicStoreError(f"{_LABEL}: reading {topic}[{partition}]: {error.str()}")
                 deadline = time.monotonic() + self._timeout
                 if message.offset() >= high:

@@ -75,6 +75,8 @@ class TransactionalParking:
         self.origin, self.metrics, self.log = origin, metrics, log
         self._pending: list[_Rejected] = []
         self._committed_holds = holds.snapshot() if holds is not None else None
+        self._open = False
+        """A transaction began and has not committed: a new begin() means it was aborted."""
 
     @property
     def holding(self) -> bool:
@@ -82,15 +84,19 @@ class TransactionalParking:
         return self.holds is not None and len(self.holds) > 0
 
     def poll(self, now: float) -> None:
-        """Let held keys be released once the queue has none of their entries."""
-        if self.holds is not None:
+        """Let held keys be released once the queue has none of their entries. Not while the open
+        transaction has parked events: a scan reads committed entries only, and one that started
+        after such a park could release its key before the park is visible."""
+        if self.holds is not None and not self._pending:
             self.holds.poll(now)
 
     def begin(self) -> None:
-        """A transaction begins: nothing is pending; holds are as the last commit left them."""
+        """A transaction begins: nothing is pending; after an aborted one, holds are as the last
+        commit left them."""
         self._pending = []
-        if self.holds is not None and self._committed_holds is not None:
+        if self._open and self.holds is not None and self._committed_holds is not None:
             self.holds.restore(self._committed_holds)
+        self._open = True
 
     def with_held(self, batch: Batch, rejected: dict[int, str]) -> dict[int, str]:
         """``rejected`` plus, with ``preserve_order``, every event of ``batch`` whose key is held,
@@ -149,7 +155,7 @@ class TransactionalParking:
                 self.metrics.inc("events_dropped_total", n, label="rejected")
                 self.log.error("events cannot be produced to Kafka and there is no dead-letter topic for them; "
                                "dropped", reason=rejected.reason, events=n, event_ids=rejected.ids[:LOGGED_IDS])
-        self._pending = []
+        self._pending, self._open = [], False
         if self.holds is not None:
             self._committed_holds = self.holds.snapshot()
 

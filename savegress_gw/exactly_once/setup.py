@@ -10,6 +10,7 @@ The output section is the Kafka sink's (``output.*``): brokers, security, codec,
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from confluent_kafka import Producer
@@ -17,10 +18,11 @@ from confluent_kafka.admin import AdminClient
 
 from savegress_gw.components import Limiter
 from savegress_gw.deadletter.holds import KeyHolds
+from savegress_gw.deadletter.topic import TopicStoreError
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_topic, read_checkpoints, \
     resume_point, transactional_id
 from savegress_gw.exactly_once.loop import TransactionalPipeline
-from savegress_gw.exactly_once.parking import TransactionalParking, TransactionalQueue
+from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import TransactionalProducer
 from savegress_gw.kafka.client_errors import ClientErrors
 from savegress_gw.kafka.codec import codec_settings
@@ -119,13 +121,15 @@ def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, int]:
                         profile.source.type, per_lane)
 
 
-def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any,
-                   limiter: Limiter | None = None, dlq: TransactionalQueue | None = None,
-                   holds: KeyHolds | None = None) -> TransactionalPipeline:
+def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetrics, log: Any, beat: Callable[[], None],
+                   limiter: Limiter | None = None, dlq: Any = None) -> TransactionalPipeline:
     """Worker ``worker``'s pipeline: topics exist, its producer fenced every predecessor, and its
-    committed checkpoint is read. ``dlq`` (opened: its topic exists) takes the rejected events,
-    ``holds`` keeps ``dlq.preserve_order``. Raises
-    :class:`~savegress_gw.kafka.errors.KafkaClientError` or
+    committed checkpoint is read. ``dlq`` (opened: its topic exists; a
+    :class:`~savegress_gw.exactly_once.parking.TransactionalQueue` and a
+    :class:`~savegress_gw.deadletter.holds.KeyedQueue`) takes the rejected events; with
+    ``dlq.preserve_order`` the keys it holds are read once the predecessor's transaction is
+    settled (``beat`` keeps the boot heartbeat while that waits for other workers' open
+    transactions). Raises :class:`~savegress_gw.kafka.errors.KafkaClientError` or
     :class:`~savegress_gw.exactly_once.producer.ProducerFenced` naming what failed."""
     conf = producer_settings(profile, worker, dlq.max_record_size if dlq is not None else 0)
     admin = AdminClient(admin_settings(conf))
@@ -160,7 +164,30 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
         dead_letter_limit = TopicLimits(admin, (dlq.max_record_size, "dlq.max_record_size"), output.batch_size,
                                         timeout, log).limit(dlq.topic)
     share = profile.buffer.size // (4 * profile.gateway.workers)
+    holds = _held_keys(dlq, log, read_timeout(profile), beat) if dlq is not None and profile.dlq.preserve_order \
+        else None
     parking = TransactionalParking(producer, dlq, dead_letter_limit, holds, f"{profile.gateway.id}/worker-{worker}",
                                    metrics, log)
     return TransactionalPipeline(ring, producer, router, mine, topic, profile.retry, metrics, log,
                                  profile.batching.max_wait, limits, parking, max(share, 1), limiter)
+
+
+def _held_keys(dlq: Any, log: Any, timeout_s: float, beat: Callable[[], None]) -> KeyHolds:
+    """``dlq.preserve_order``: hold every key the dead-letter topic has committed entries of.
+
+    Reading waits for transactions open on the topic; another worker's predecessor may hold one
+    open until that worker's new producer settles it (or the transaction timeout aborts it), so
+    reads that time out are retried until ``timeout_s``.
+    """
+    holds = KeyHolds(dlq, log.bind(component="holds"), load=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        beat()
+        try:
+            holds.hold_existing(dlq.parked_keys())
+            return holds
+        except TopicStoreError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for open transactions on the dead-letter topic to read the held keys",
+                        error=str(exc))

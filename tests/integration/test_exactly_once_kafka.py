@@ -3,12 +3,14 @@ parking in a transaction."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
 
 import pytest
 import structlog
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from savegress_gw.deadletter.topic import TopicStore
@@ -128,3 +130,65 @@ def test_a_parked_event_is_visible_with_its_committed_transaction_only_and_count
     (entry,) = TopicStore(f"{topic}.dlq", kafka_cluster.client_config()).entries()
     assert (entry.event_id, entry.reason, entry.error_class, entry.origin) == \
         ("e2", reason, "MSG_SIZE_TOO_LARGE", "gw/worker-0")
+
+
+def test_reading_the_dead_letter_topic_waits_for_open_transactions_and_misses_no_committed_entry(
+        kafka_cluster: Any) -> None:
+    """A committed park behind another worker's open transaction (the last stable offset stops
+    there) is still read: the store waits until that transaction is decided."""
+    topic = f"eos-lso-{uuid.uuid4().hex[:8]}"
+    profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
+               "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic,
+                          "topics": {"partitions": 1}},
+               "dlq": {"enabled": True, "type": "kafka", "timeout": "20s"}}
+    queue, _ = build("dlq", profile, generator, kafka_sink, kafka_dlq)
+    events = encode([normalize({"id": f"e{n}", "table": "users", "operation": "INSERT", "after": {"id": n}}, "test")
+                     for n in (1, 2)], time.time_ns())
+    headers = queue.record_headers(events, ["too large"] * 2, 1, "gw/worker-0")
+    slow, quick = (producer(kafka_cluster, f"lso-{name}-{uuid.uuid4().hex[:6]}") for name in ("slow", "quick"))
+    slow.begin()
+    slow.produce(queue.topic, events.payloads[0], events.keys[0], headers[0])
+    slow.client.flush(10)  # on the broker, undecided: the last stable offset stops before it
+    quick.begin()
+    quick.produce(queue.topic, events.payloads[1], events.keys[1], headers[1])
+    quick.commit()
+    found: list[dict[str, str]] = []
+    reader = threading.Thread(target=lambda: found.append(queue.parked_keys()))
+    reader.start()
+    time.sleep(2)
+    assert not found, "the read returned while a transaction before a committed entry was still open"
+    slow.commit()
+    reader.join(30)
+    queue.close()
+    assert found == [{events.keys[0]: "e1", events.keys[1]: "e2"}]
+
+
+def test_removing_transactionally_parked_entries_cuts_past_the_commit_markers_between_them(
+        kafka_cluster: Any) -> None:
+    """Each transaction leaves a commit marker in the partition: entries at offsets 0 and 2 of
+    ``[entry, marker, entry, marker]``. Removing both entries moves the low-water mark past all
+    four records, and the store counts no entry."""
+    topic = f"eos-cut-{uuid.uuid4().hex[:8]}"
+    profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
+               "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic,
+                          "topics": {"partitions": 1}},
+               "dlq": {"enabled": True, "type": "kafka", "timeout": "20s"}}
+    queue, _ = build("dlq", profile, generator, kafka_sink, kafka_dlq)
+    events = encode([normalize({"id": f"e{n}", "table": "users", "operation": "INSERT", "after": {"id": n}}, "test")
+                     for n in (1, 2)], time.time_ns())
+    headers = queue.record_headers(events, ["too large"] * 2, 1, "gw/worker-0")
+    writer = producer(kafka_cluster, f"cut-{uuid.uuid4().hex[:6]}")
+    for i in (0, 1):
+        writer.begin()
+        writer.produce(queue.topic, events.payloads[i], events.keys[i], headers[i])
+        writer.commit()
+    queue.close()
+    store = TopicStore(queue.topic, kafka_cluster.client_config())
+    assert [entry.id for entry in store.entries()] == ["p0:0", "p0:2"]
+    assert store.remove(["p0:0", "p0:2"]) == 2
+    consumer = Consumer({**kafka_cluster.client_config(), "group.id": f"cut-{uuid.uuid4().hex[:6]}"})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(queue.topic, 0), timeout=10, cached=False)
+    finally:
+        consumer.close()
+    assert (low, high) == (4, 4) and store.count() == 0

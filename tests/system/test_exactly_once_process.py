@@ -200,15 +200,16 @@ def kafka_to_kafka_profile(cluster: Any, topic: str, count: int) -> dict[str, An
     return profile
 
 
-def run_through_kills(cluster: Any, workdir: Path, profile: dict[str, Any], arrived: Any, what: str) -> None:
-    """Run ``profile`` while SIGKILLing a worker, the source process, the gateway, a worker and the
-    gateway again, 1-2.5 s apart (the Kafka source never runs dry: the faults are timed, not
-    counted in transactions), until ``arrived()``; then stop it."""
+def run_through_kills(cluster: Any, workdir: Path, profile: dict[str, Any], arrived: Any, what: str,
+                      rounds: int = 1) -> None:
+    """Run ``profile`` while SIGKILLing, ``rounds`` times, a worker, the source process, the
+    gateway, a worker and the gateway again, 1-2.5 s apart (the Kafka source never runs dry: the
+    faults are timed, not counted in transactions), until ``arrived()``; then stop it."""
     gateway = Gateway(workdir, profile).start()
     rng = random.Random(3)
     try:
         gateway.wait_ready(120)
-        for fault in ("worker", "source", "gateway", "worker", "gateway"):
+        for fault in ("worker", "source", "gateway", "worker", "gateway") * rounds:
             time.sleep(rng.uniform(1.0, 2.5))
             if fault == "gateway":
                 gateway.signal_group(signal.SIGKILL)
@@ -237,17 +238,19 @@ def test_kafka_to_kafka_exactly_once_through_sigkills(kafka_cluster: Any, tmp_pa
     verify(config, f"{topic}-out", count)
 
 
+@pytest.mark.timeout(1800)  # the --soak version: 50 faults over 600,000 events
 @pytest.mark.parametrize("limit", ["max_request_size", "topic"])
 def test_oversized_events_are_parked_in_their_transactions_and_keys_held_through_sigkills(
-        kafka_cluster: Any, tmp_path: Path, limit: str) -> None:
+        kafka_cluster: Any, tmp_path: Path, limit: str, request: pytest.FixtureRequest) -> None:
     """Exactly-once with a dead-letter topic and ``dlq.preserve_order``: 1 % of the input is larger
     than the output takes, by ``output.max_request_size`` or by the output topic's own
     ``max.message.bytes`` (which the broker alone would enforce, aborting whole transactions).
     Through worker, source-process and gateway SIGKILLs, each oversized event is parked once, in
     the transaction of its batch, and every later event of its key is parked behind it; every
     earlier one is delivered. Both topics are read ``read_committed``: every sequence number is in
-    exactly one of them, exactly once, in per-key order."""
-    count = 30_000
+    exactly one of them, exactly once, in per-key order. ``--soak``: 600,000 events, 50 faults."""
+    soak = request.config.getoption("--soak")
+    count = 600_000 if soak else 30_000
     topic = f"eosdlq-{uuid.uuid4().hex[:8]}"
     out, parked = f"{topic}-out", f"{topic}-out.dlq"
     config = kafka_cluster.client_config()
@@ -269,7 +272,7 @@ def test_oversized_events_are_parked_in_their_transactions_and_keys_held_through
     def all_there() -> bool:
         return len(set(read_committed(config, out).sequences) | set(read_committed(config, parked).sequences)) >= count
     run_through_kills(kafka_cluster, tmp_path, profile, all_there,
-                      f"all {count} events in the output or the dead-letter topic")
+                      f"all {count} events in the output or the dead-letter topic", rounds=10 if soak else 1)
     assert hanging_partitions(config, out) == {} and hanging_partitions(config, parked) == {}
     delivered, dead = read_committed(config, out), read_committed(config, parked)
     verdict = verify_sequences(delivered.sequences + dead.sequences, count)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
+
 import pytest
 import structlog
 from confluent_kafka import KafkaException, Producer
@@ -45,11 +48,21 @@ def test_record_size_is_the_size_librdkafka_holds_against_message_max_bytes(
     assert record_size(key, b"x" * largest, headers) <= LIMIT < record_size(key, b"x" * (largest + 1), headers)
 
 
-class NothingParked:
-    """The read side of a dead-letter queue that holds no entry (holds never load or release here)."""
+class Parked:
+    """The read side of a dead-letter queue: the keys it has committed entries of."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}
 
     def parked_keys(self) -> dict[str, str]:
-        return {}
+        return dict(self.keys)
+
+
+def at_once(scan: Callable[[], dict[str, str]]) -> "Future[dict[str, str]]":
+    """Run a release scan right away (instead of in a thread)."""
+    done: Future[dict[str, str]] = Future()
+    done.set_result(scan())
+    return done
 
 
 def batch(*keys: str) -> Batch:
@@ -58,8 +71,8 @@ def batch(*keys: str) -> Batch:
                  ["users"] * n, [0] * n, [0] * n)
 
 
-def parking_with_holds() -> tuple[TransactionalParking, KeyHolds]:
-    holds = KeyHolds(NothingParked(), LOG, load=False)
+def parking_with_holds(queue: Parked | None = None) -> tuple[TransactionalParking, KeyHolds]:
+    holds = KeyHolds(queue or Parked(), LOG, load=False, run=at_once, recheck_s=0.0)
     return TransactionalParking(None, None, None, holds, "gw/worker-0", MetricsBlock(1).row(0), LOG), holds  # type: ignore[arg-type]
 
 
@@ -83,3 +96,27 @@ def test_holds_roll_back_with_an_aborted_transaction_and_stay_after_a_commit() -
     parking.committed()
     parking.begin()
     assert holds.blocker("b") == "e1" and holds.blocker("a") is None
+
+
+def test_a_key_released_between_transactions_stays_released() -> None:
+    queue = Parked()
+    parking, holds = parking_with_holds(queue)
+    parking.begin()
+    parking.with_held(batch("a"), {0: "too large"})
+    parking.committed()
+    parking.poll(1.0)  # starts a scan: the queue has no entry of "a" (replayed meanwhile)
+    parking.poll(2.0)  # takes it in
+    assert holds.blocker("a") is None
+    parking.begin()
+    assert holds.blocker("a") is None, "a commit's snapshot must not bring a released key back"
+
+
+def test_no_release_is_taken_in_while_the_open_transaction_has_parks() -> None:
+    queue = Parked()
+    parking, holds = parking_with_holds(queue)
+    parking.begin()
+    events = batch("a")
+    parking.reject(events, parking.with_held(events, {0: "too large"}))  # in the open transaction: not visible yet
+    parking.poll(1.0)
+    parking.poll(2.0)
+    assert holds.blocker("a") == "e0"
