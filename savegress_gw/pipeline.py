@@ -48,7 +48,7 @@ def encode_frame(batch: Batch) -> bytes:
     return msgpack.packb(batch.to_columns(), use_bin_type=True)
 
 
-def decode_frame(payload: bytes) -> Batch:
+def decode_frame(payload: bytes | memoryview) -> Batch:
     return Batch.from_columns(msgpack.unpackb(payload, raw=False))
 
 
@@ -122,12 +122,11 @@ class Pipeline:
     def _read(self, now: float) -> bool:
         """Read and decode frames until :data:`READ_EVENTS` events or the ring has no more."""
         start, read = self.read_index, False
-        while self.read_index - start < READ_EVENTS and (frames := self.ring.read(max_frames=1)):
-            frame, read = frames[0], True
-            batch = decode_frame(frame.payload)
+        while self.read_index - start < READ_EVENTS and (frames := self.ring.read_decoded(decode_frame)):
+            (batch, end), read = frames[0], True
             self.batcher.add(batch, now)
             self.read_index += len(batch)
-            self._frames.append((self.read_index, frame.end))
+            self._frames.append((self.read_index, end))
         return read
 
     def _send_new(self, now: float, force: bool) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from multiprocess import shared_memory
 
@@ -27,6 +28,7 @@ _U64 = struct.Struct("Q")
 _LEN = struct.Struct("I")
 WRAP = 0xFFFFFFFF
 ALIGN = 8
+T = TypeVar("T")
 
 
 def _padded(size: int) -> int:
@@ -144,7 +146,22 @@ class Ring:
 
     def read(self, max_frames: int = 64) -> list[Frame]:
         """Frames written since the last read (at most ``max_frames``), oldest first."""
-        frames: list[Frame] = []
+        return [Frame(bytes(self._data[start:stop]), end) for start, stop, end in self._next(max_frames)]
+
+    def read_decoded(self, decode: Callable[[memoryview], T], max_frames: int = 1) -> list[tuple[T, int]]:
+        """Like :meth:`read`, but each payload is handed to ``decode`` as a view of the shared memory
+        instead of being copied out: ``(decode(view), end)`` per frame, oldest first. The view is
+        released when ``decode`` returns, so ``decode`` must copy whatever it keeps."""
+        decoded: list[tuple[T, int]] = []
+        for start, stop, end in self._next(max_frames):
+            with self._data[start:stop] as view:
+                decoded.append((decode(view), end))
+        return decoded
+
+    def _next(self, max_frames: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, end)`` of the next frames in the data area (at most ``max_frames``), past
+        which the read offset moves; ``end`` is the offset just past the frame."""
+        frames: list[tuple[int, int, int]] = []
         head = self.head
         read = self._read
         while read < head and len(frames) < max_frames:
@@ -158,7 +175,7 @@ class Ring:
                 continue
             start = pos + _LEN.size
             read += _padded(_LEN.size + length)
-            frames.append(Frame(bytes(self._data[start:start + length]), read))
+            frames.append((start, start + length, read))
         self._read = read
         return frames
 
