@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from savegress_gw.components import Batch, Limiter, Status
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key
-from savegress_gw.exactly_once.frames import Marker, SequencedFrame, decode_sequenced
+from savegress_gw.exactly_once.frames import SINGLE_LANE, Marker, SequencedFrame, decode_sequenced
 from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import TransactionAborted, TransactionalProducer
 from savegress_gw.kafka.errors import describe, status_of
@@ -85,11 +85,17 @@ class _Progress:
         self.ordinals = dict(committed.ordinals)
         self.ends, self.position = committed.ends, committed.position
 
-    def keep(self, frame: SequencedFrame) -> list[int]:
+    def keep(self, frame: SequencedFrame) -> list[int] | None:
         """Indices of ``frame``'s events not in Kafka yet (committed, or produced in this
         transaction already: a restarted source process re-sends events whose first copies may
-        still be in the ring); moves the ordinals past them."""
-        ordinals, keep = self.ordinals, []
+        still be in the ring), None when that is all of them; moves the ordinals past them."""
+        ordinals = self.ordinals
+        if frame.lanes is None and frame.ordinals:  # one lane, ordinals rising in read order
+            first, last = frame.ordinals[0], frame.ordinals[-1]
+            if first > ordinals.get(SINGLE_LANE, 0):
+                ordinals[SINGLE_LANE] = last
+                return None
+        keep = []
         for i, ordinal in enumerate(frame.ordinals):
             lane = frame.lane(i)
             if ordinal > ordinals.get(lane, 0):
@@ -180,10 +186,14 @@ class TransactionalPipeline:
 
     def _produce_frame(self, frame: SequencedFrame) -> None:
         keep = self._progress.keep(frame)
-        self._skipped += len(frame.ordinals) - len(keep)
-        if keep:
+        if keep is None:
+            self._produced.append(self._produce(frame.batch))
+        elif keep:
+            self._skipped += len(frame.ordinals) - len(keep)
             batch = frame.batch if len(keep) == len(frame.batch) else frame.batch.take(keep)
             self._produced.append(self._produce(batch))
+        else:
+            self._skipped += len(frame.ordinals)
         if frame.marker is not None:
             self._progress.mark(frame.marker)
 

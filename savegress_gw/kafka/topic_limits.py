@@ -29,7 +29,8 @@ class TopicLimits:
     """Per topic: the largest record size to produce, and the setting that sets it.
 
     ``own_limit`` is the client's limit and its setting's name, e.g. ``(1048576,
-    "output.max_request_size")``; ``batch_size`` the producer's ``batch.size``.
+    "output.max_request_size")``; ``batch_size`` the producer's ``batch.size`` (librdkafka's
+    largest record batch, framing included).
     """
 
     def __init__(self, admin: AdminClient, own_limit: tuple[int, str], batch_size: int, timeout_s: float,
@@ -61,7 +62,7 @@ class TopicLimits:
             self.log.info(f"could not read the topic's max.message.bytes; records are held to {own_setting}",
                           topic=topic, error=describe(exc))
             return own
-        if topic_max < self.batch_size + BATCH_OVERHEAD:
+        if topic_max < self.batch_size:  # librdkafka's batch.size includes the batch's framing
             self.log.warning("the topic's max.message.bytes is below output.batch_size: the broker may refuse "
                              "whole batches of small records (each such refusal aborts a transaction); lower "
                              "output.batch_size or raise the topic's max.message.bytes", topic=topic,
