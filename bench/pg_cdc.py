@@ -172,6 +172,8 @@ class TopicReader(Delivered):
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest",
                                   "fetch.wait.max.ms": 5})
         self.consumer.subscribe([topic])
+        self.records = 0
+        """Records read, heartbeats included."""
 
     def run(self) -> None:
         seen = 0
@@ -181,6 +183,7 @@ class TopicReader(Delivered):
             for message in messages:
                 if message.error():
                     continue
+                self.records += 1
                 appended = message.timestamp()[1] / 1000
                 value = message.value()
                 if HEARTBEAT in value:
@@ -225,10 +228,11 @@ class Sink:
     def read_back(self) -> Delivered:
         """The whole topic, read once the gateway delivered it: delivery and latency come from
         the records' append times, so the bench's consumer need not run (and take CPU) meanwhile."""
-        follower = self.reader()
+        follower = TopicReader(self.bootstrap, self.topic)
+        follower.start()
         total = self.records()
         deadline = time.monotonic() + 300
-        while follower.count < total and time.monotonic() < deadline:
+        while follower.records < total and time.monotonic() < deadline:
             time.sleep(0.05)
         follower.stop.set()
         follower.join(10)
@@ -252,8 +256,9 @@ class Sink:
         consumer.close()
         return count, first, last
 
-    def reader(self) -> Delivered:
-        follower = TopicReader(self.bootstrap, self.topic) if self.kind == "kafka" else FileTail(self.path)
+    def tail(self) -> FileTail:
+        """The file sink's output followed while the gateway writes it."""
+        follower = FileTail(self.path)
         follower.start()
         return follower
 
@@ -383,7 +388,7 @@ def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse
         cur.execute("SELECT avg(length(t::text))::int FROM (SELECT * FROM bench_rows LIMIT 1000) t")
         (row_bytes,) = cur.fetchone()
     conn.close()
-    follower = sink.reader() if sink.kind == "file" else None
+    follower = sink.tail() if sink.kind == "file" else None
     cpu_before = children_cpu()
     started = time.time()
     gateway = start_gateway(workdir, "snapshot", pg_source(pg, "snap", tables=["public.bench_rows"],
@@ -441,7 +446,7 @@ def stream_phases(pg: Any, workdir: Path, sink: Sink, args: argparse.Namespace) 
         gateway.wait(60)
 
         write_backlog(dsn, args.backlog)
-        tail = sink.reader() if sink.kind == "file" else None  # Kafka is read back at the end
+        tail = sink.tail() if sink.kind == "file" else None  # Kafka is read back at the end
         earlier = 0 if tail is not None else sink.records()  # heartbeats of the first start
 
         def delivered_so_far() -> int:
