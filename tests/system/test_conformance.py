@@ -11,10 +11,11 @@ scenarios against the other sinks that can fail: ``test_conformance_file.py`` (a
 up: ENOSPC) and ``test_conformance_kafka.py`` (oversize records, a stopped broker).
 
 Memory bound. Every test samples the summed ``VmRSS`` of the gateway's process tree every 0.5 s
-and holds it under :data:`RSS_BOUND` (400 MB) and within :data:`RSS_GROWTH` (128 MB) of what the
-tree used once ready. Measured on the 2-core CI machine: an idle tree (supervisor 61 MB, source
-process and two workers 60 MB each, resource tracker 17 MB) is about 265 MB, and it peaks at
-about 290 MB under every scenario here, with the shared rings counted once per process. The
+and holds it under :data:`RSS_BOUND` (448 MB) and within :data:`RSS_GROWTH` (128 MB) of what the
+tree used once ready. Measured on the 2-core CI machine (2026-11-27): the tree is about 300 MB
+once ready, with the shared rings counted once per process, and peaks at 310-400 MB under the
+scenarios here; the highest is the 5 s ``drop_oldest`` overload (355-414 MB over 8 runs), where
+the source process grows from ~66 to ~150 MB while it stages and drops. The
 scenarios offer far more than the headroom: the 30 s soak outage 108k events of 1 KB (90k of
 them while nothing can be delivered), the 60 s soak overload 600k events of 1 KB (600 MB); a
 gateway that read them into process memory instead of pausing, dropping or spilling would cross
@@ -60,7 +61,7 @@ from tests.harness.verify import verify_sequences
 
 pytestmark = pytest.mark.slow
 
-RSS_BOUND = 400 * MB
+RSS_BOUND = 448 * MB
 """Resident memory of the whole process tree, summed (see the module docstring)."""
 RSS_GROWTH = 128 * MB
 """Most the tree may grow beyond what it used once ready."""
