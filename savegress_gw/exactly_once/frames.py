@@ -52,7 +52,7 @@ def encode_sequenced(batch: Batch, ordinals: list[int], lanes: list[str] | None,
     return msgpack.packb([*batch.to_columns(), ordinals, lanes, tail], use_bin_type=True)
 
 
-def decode_sequenced(payload: bytes) -> SequencedFrame:
+def decode_sequenced(payload: bytes | memoryview) -> SequencedFrame:
     fields = msgpack.unpackb(payload, raw=False)
     if len(fields) != _COLUMNS + 3:
         raise ValueError(f"not a sequenced frame: {len(fields)} fields, expected {_COLUMNS + 3}")

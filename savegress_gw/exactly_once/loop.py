@@ -40,6 +40,7 @@ from savegress_gw.kafka.record_size import RECORD_OVERHEAD, record_size
 from savegress_gw.kafka.routing import Router
 from savegress_gw.kafka.topic_limits import TopicLimits
 from savegress_gw.metrics import ProcessMetrics
+from savegress_gw.pipeline import READ_EVENTS
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
 from savegress_gw.ring import Ring
@@ -160,23 +161,30 @@ class TransactionalPipeline:
         return worked
 
     def _read(self, now: float) -> bool:
-        if self._events >= self.max_events or now < self._granted_until:
-            return False
-        frames = self.ring.read(max_frames=16)
-        for frame in frames:
-            waiting = _Waiting(decode_sequenced(frame.payload), frame.end)
+        """Decode frames straight from the ring and produce each at once, until
+        :data:`~savegress_gw.pipeline.READ_EVENTS` events (then the step ends, so a backlog is not
+        decoded ahead of sending: its events would have left the CPU caches), the transaction is
+        full, the rate limiter says wait, or the ring is empty."""
+        read = 0
+        while read < READ_EVENTS and self._events < self.max_events and now >= self._granted_until:
+            frames = self.ring.read_decoded(decode_sequenced)
+            if not frames:
+                break
+            (frame, end), = frames
+            n = len(frame.batch)
             if self.limiter is not None:
-                self._granted_until = now + self.limiter.acquire(len(waiting.frame.batch))
+                self._granted_until = now + self.limiter.acquire(n)
             if not self._waiting:
                 self._begun_at = now
                 self._begin()
-            self._waiting.append(waiting)
-            self._events += len(waiting.frame.batch)
+            self._waiting.append(_Waiting(frame, end))
+            self._events += n
+            read += n or 1
             try:
-                self._produce_frame(waiting.frame)
+                self._produce_frame(frame)
             except TransactionAborted as exc:
                 self._replay(exc)
-        return bool(frames)
+        return read > 0
 
     def _begin(self) -> None:
         self.producer.begin()
