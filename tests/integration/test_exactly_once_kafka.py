@@ -13,6 +13,7 @@ import structlog
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from savegress_gw.components import Batch
 from savegress_gw.deadletter.topic import TopicStore
 from savegress_gw.envelope import encode, normalize
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key, read_checkpoints
@@ -132,11 +133,9 @@ def test_a_parked_event_is_visible_with_its_committed_transaction_only_and_count
         ("e2", reason, "MSG_SIZE_TOO_LARGE", "gw/worker-0")
 
 
-def test_reading_the_dead_letter_topic_waits_for_open_transactions_and_misses_no_committed_entry(
-        kafka_cluster: Any) -> None:
-    """A committed park behind another worker's open transaction (the last stable offset stops
-    there) is still read: the store waits until that transaction is decided."""
-    topic = f"eos-lso-{uuid.uuid4().hex[:8]}"
+def two_dead_letters(kafka_cluster: Any, topic: str) -> tuple[Any, Batch, list[list[tuple[str, str]]]]:
+    """An opened Kafka dead-letter queue for output ``topic`` (one partition), two events (ids e1,
+    e2) and their dead-letter records' headers."""
     profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
                "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic,
                           "topics": {"partitions": 1}},
@@ -145,6 +144,14 @@ def test_reading_the_dead_letter_topic_waits_for_open_transactions_and_misses_no
     events = encode([normalize({"id": f"e{n}", "table": "users", "operation": "INSERT", "after": {"id": n}}, "test")
                      for n in (1, 2)], time.time_ns())
     headers = queue.record_headers(events, ["too large"] * 2, 1, "gw/worker-0")
+    return queue, events, headers
+
+
+def test_reading_the_dead_letter_topic_waits_for_open_transactions_and_misses_no_committed_entry(
+        kafka_cluster: Any) -> None:
+    """A committed park behind another worker's open transaction (the last stable offset stops
+    there) is still read: the store waits until that transaction is decided."""
+    queue, events, headers = two_dead_letters(kafka_cluster, f"eos-lso-{uuid.uuid4().hex[:8]}")
     slow, quick = (producer(kafka_cluster, f"lso-{name}-{uuid.uuid4().hex[:6]}") for name in ("slow", "quick"))
     slow.begin()
     slow.produce(queue.topic, events.payloads[0], events.keys[0], headers[0])
@@ -168,15 +175,7 @@ def test_removing_transactionally_parked_entries_cuts_past_the_commit_markers_be
     """Each transaction leaves a commit marker in the partition: entries at offsets 0 and 2 of
     ``[entry, marker, entry, marker]``. Removing both entries moves the low-water mark past all
     four records, and the store counts no entry."""
-    topic = f"eos-cut-{uuid.uuid4().hex[:8]}"
-    profile = {"source": {"type": "generator"}, "exactly_once": {"enabled": True},
-               "output": {"type": "kafka", "brokers": kafka_cluster.bootstrap_servers.split(","), "topic": topic,
-                          "topics": {"partitions": 1}},
-               "dlq": {"enabled": True, "type": "kafka", "timeout": "20s"}}
-    queue, _ = build("dlq", profile, generator, kafka_sink, kafka_dlq)
-    events = encode([normalize({"id": f"e{n}", "table": "users", "operation": "INSERT", "after": {"id": n}}, "test")
-                     for n in (1, 2)], time.time_ns())
-    headers = queue.record_headers(events, ["too large"] * 2, 1, "gw/worker-0")
+    queue, events, headers = two_dead_letters(kafka_cluster, f"eos-cut-{uuid.uuid4().hex[:8]}")
     writer = producer(kafka_cluster, f"cut-{uuid.uuid4().hex[:6]}")
     for i in (0, 1):
         writer.begin()

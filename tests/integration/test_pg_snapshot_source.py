@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -35,13 +36,16 @@ def _apply(found: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return state
 
 
-def test_snapshot_with_concurrent_writes_ends_in_the_final_table_state(postgres, db: str, tmp_path: Path) -> None:
-    postgres.execute("CREATE TABLE acct (id int PRIMARY KEY, balance int, note text)", dbname=db)
-    postgres.execute("INSERT INTO acct SELECT g, 0, 'start' FROM generate_series(1, 20000) g", dbname=db)
+def _start_while_writing(postgres: Any, db: str, tmp_path: Path, profile: dict[str, Any],
+                         new_balance: Callable[[int], int]) -> tuple[Gateway, int]:
+    """Start ``profile``'s gateway while a writer changes ``acct`` (20,000 rows): every write
+    updates a row, every 7th deletes one, every 5th inserts one with balance ``new_balance(n)``,
+    while the slot is created and the snapshot read, until 1,000 more writes happened while
+    streaming. Returns the gateway and the number of writes."""
     stop = threading.Event()
     written = [0]
 
-    def writer() -> None:  # updates, deletes and inserts while the slot is created and the rows read
+    def writer() -> None:
         conn = psycopg2.connect(postgres.dsn(dbname=db))
         conn.autocommit = True
         n = 0
@@ -52,25 +56,32 @@ def test_snapshot_with_concurrent_writes_ends_in_the_final_table_state(postgres,
                 if n % 7 == 0:
                     cur.execute("DELETE FROM acct WHERE id = %s", (n % 20000 + 1,))
                 if n % 5 == 0:
-                    cur.execute("INSERT INTO acct VALUES (%s, 1, 'new')", (100000 + n,))
+                    cur.execute("INSERT INTO acct VALUES (%s, %s, 'new')", (100000 + n, new_balance(n)))
                 written[0] = n
                 time.sleep(0.002)
         conn.close()
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 3000})
     gateway = start_streaming(postgres, db, tmp_path, profile, timeout=180)
     streaming_at = written[0]  # a slow start may let the writer get far before the slot exists
     wait_for(lambda: written[0] > streaming_at + 1000, 120, "the writer to write while streaming")
     stop.set()
     thread.join(30)
+    return gateway, written[0]
+
+
+def test_snapshot_with_concurrent_writes_ends_in_the_final_table_state(postgres, db: str, tmp_path: Path) -> None:
+    postgres.execute("CREATE TABLE acct (id int PRIMARY KEY, balance int, note text)", dbname=db)
+    postgres.execute("INSERT INTO acct SELECT g, 0, 'start' FROM generate_series(1, 20000) g", dbname=db)
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 3000})
+    gateway, written = _start_while_writing(postgres, db, tmp_path, profile, lambda n: 1)
     final = {row[0]: {"id": row[0], "balance": row[1], "note": row[2]}
              for row in postgres.execute("SELECT id, balance, note FROM acct", dbname=db)}
     found = wait_events(tmp_path, lambda e: _apply(e) == final, timeout=180,
                         what="the events to add up to the final table state")
     snapshot_rows = [e for e in found if e["operation"] == "SNAPSHOT"]
-    assert 0 < len(snapshot_rows) <= 20000 + written[0] // 5
+    assert 0 < len(snapshot_rows) <= 20000 + written // 5
     first_change = next(i for i, e in enumerate(found) if e["operation"] != "SNAPSHOT")
     assert all(e["operation"] == "SNAPSHOT" for e in found[:first_change])
     assert all(e["operation"] != "SNAPSHOT" for e in found[first_change:]), "snapshot rows after stream events"
@@ -82,41 +93,17 @@ def test_row_filters_apply_to_the_snapshot_as_to_the_stream(postgres, db: str, t
     postgres.execute("CREATE TABLE acct (id int PRIMARY KEY, balance int, note text)", dbname=db)
     postgres.execute("ALTER TABLE acct REPLICA IDENTITY FULL", dbname=db)  # the filter may use any column
     postgres.execute("INSERT INTO acct SELECT g, g % 4, 'start' FROM generate_series(1, 20000) g", dbname=db)
-    stop = threading.Event()
-    written = [0]
-
-    def writer() -> None:  # rows move in and out of the filter while the snapshot is taken and read
-        conn = psycopg2.connect(postgres.dsn(dbname=db))
-        conn.autocommit = True
-        n = 0
-        with conn.cursor() as cur:
-            while not stop.is_set():
-                n += 1
-                cur.execute("UPDATE acct SET balance = balance + 1, note = %s WHERE id = %s", (f"w{n}", n % 20000 + 1))
-                if n % 7 == 0:
-                    cur.execute("DELETE FROM acct WHERE id = %s", (n % 20000 + 1,))
-                if n % 5 == 0:
-                    cur.execute("INSERT INTO acct VALUES (%s, %s, 'new')", (100000 + n, n % 4))
-                written[0] = n
-                time.sleep(0.002)
-        conn.close()
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
     profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 3000},
                          source={"tables": ["public.acct"],
                                  "row_filters": {"public.acct": {"condition": "balance % 4 = 0"}}})
-    gateway = start_streaming(postgres, db, tmp_path, profile, timeout=180)
-    streaming_at = written[0]  # a slow start may let the writer get far before the slot exists
-    wait_for(lambda: written[0] > streaming_at + 1000, 120, "the writer to write while streaming")
-    stop.set()
-    thread.join(30)
+    # rows move in and out of the filter while the snapshot is taken and read
+    gateway, written = _start_while_writing(postgres, db, tmp_path, profile, lambda n: n % 4)
     final = {row[0]: {"id": row[0], "balance": row[1], "note": row[2]}
              for row in postgres.execute("SELECT id, balance, note FROM acct WHERE balance % 4 = 0", dbname=db)}
     found = wait_events(tmp_path, lambda e: _apply(e) == final, timeout=180,
                         what="the events to add up to the filtered final table state")
     snapshot_rows = [e["after"] for e in found if e["operation"] == "SNAPSHOT"]
-    assert 0 < len(snapshot_rows) <= 5000 + written[0]
+    assert 0 < len(snapshot_rows) <= 5000 + written
     assert all(row["balance"] % 4 == 0 for row in snapshot_rows)
     assert all(e["operation"] == "SNAPSHOT" for e in found[:len(snapshot_rows)])
     assert gateway.stop() == 0
