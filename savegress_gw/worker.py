@@ -18,7 +18,7 @@ from typing import Any
 from savegress_gw.assembly import instantiate, open_component
 from savegress_gw.batching import make_batcher
 from savegress_gw.circuit import CircuitBreaker
-from savegress_gw.components import Compressor, Context, DeadLetterQueue, Limiter
+from savegress_gw.components import Compressor, Context, DeadLetterQueue
 from savegress_gw.compressing import MeteredCompressor
 from savegress_gw.deadletter.holds import KeyedQueue, KeyHolds
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, GatewayError
@@ -80,16 +80,18 @@ def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[Transactional
     profile = runtime.profile
     ring = Ring.attach(runtime.args.ring_names[runtime.args.index])
     wait_for_cluster(profile, runtime.name, runtime.beat, log)
-    opened = []
-    for kind in ("limiter", "dlq"):
+    opened: list[Any] = []
+
+    def opened_component(kind: str) -> Any:
         component = instantiate(kind, profile, runtime.registry)
         if component is not None:
             open_component(component, Context(process=runtime.name, worker_index=runtime.args.index,
                                               log=log.bind(component=kind), profile=profile,
                                               shared=runtime.args.shared.get(kind)))
             opened.append(component)
-    limiter = next((c for c in opened if isinstance(c, Limiter)), None)
-    dlq = next((c for c in opened if isinstance(c, DeadLetterQueue)), None)
+        return component
+
+    limiter, dlq = opened_component("limiter"), opened_component("dlq")
     pipeline = build_pipeline(profile, runtime.args.index, ring, runtime.metrics, log.bind(component="exactly-once"),
                               runtime.beat, limiter, dlq)
     return pipeline, opened

@@ -144,18 +144,17 @@ def build_pipeline(profile: Any, worker: int, ring: Ring, metrics: ProcessMetric
     log.info("exactly-once producer ready", transactional_id=conf["transactional.id"], checkpoint_topic=topic,
              committed_ordinals=mine.ordinals, committed_position=mine.position)
     output = profile.output
+    timeout = min(30.0, output.connect_timeout)
 
     def new_topic(name: str) -> None:
         if output.topics.create:
             try:
-                create_topic(admin, name, output.topics, _isr(profile), min(30.0, output.connect_timeout),
-                             "kafka output")
+                create_topic(admin, name, output.topics, _isr(profile), timeout, "kafka output")
             except KafkaClientError as exc:
                 log.warning(str(exc))
 
     router = Router(output.topic, output.topic_template, output.partitioner, output.partition_key, producer.client,
                     new_topic)
-    timeout = min(30.0, output.connect_timeout)
     limits = TopicLimits(admin, (output.max_request_size, "output.max_request_size"), output.batch_size, timeout, log)
     if output.topic_template is None:
         limits.limit(output.topic)

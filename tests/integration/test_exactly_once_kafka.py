@@ -162,8 +162,8 @@ def test_reading_the_dead_letter_topic_waits_for_open_transactions_and_misses_no
     found: list[dict[str, str]] = []
     reader = threading.Thread(target=lambda: found.append(queue.parked_keys()))
     reader.start()
-    time.sleep(2)
-    assert not found, "the read returned while a transaction before a committed entry was still open"
+    reader.join(2)
+    assert reader.is_alive() and not found, "the read returned while a transaction before a committed entry was open"
     slow.commit()
     reader.join(30)
     queue.close()

@@ -11,14 +11,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from tests.harness.kafka import broker_pids_under
+from tests.harness.kafka import broker_pids_under, running_cluster
 from tests.harness.kafka import kafka_local as kl
 
 pytestmark = pytest.mark.kafka
@@ -28,18 +26,6 @@ SCRIPT = REPO / "scripts" / "kafka_local.py"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def running_cluster(directory: Path, nodes: int, **kwargs: object) -> Iterator[object]:
-    """Start a LocalKafkaCluster; always stop it and check that no JVM is left behind."""
-    cluster = kl.LocalKafkaCluster(directory, nodes, **kwargs)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop(timeout=15)
-        assert broker_pids_under(directory) == [], "a kafka JVM survived stop()"
 
 
 def _produce(config: dict[str, str], topic: str, values: list[str], timeout: float = 60) -> None:
