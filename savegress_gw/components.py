@@ -117,6 +117,10 @@ class Batch:
     COLUMNS: ClassVar[tuple[str, ...]] = (
         "payloads", "keys", "ids", "operations", "schemas", "tables", "timestamps_ms", "ingest_ns",
     )
+    REPEATABLE: ClassVar[frozenset[str]] = frozenset(
+        {"operations", "schemas", "tables", "timestamps_ms", "ingest_ns"})
+    """Columns that often hold one value for a whole frame, framed compactly then (:meth:`to_columns`)."""
+    _FRAMING: ClassVar[tuple[tuple[str, bool], ...]] = tuple(zip(COLUMNS, map(REPEATABLE.__contains__, COLUMNS)))
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -138,13 +142,26 @@ class Batch:
         for column in self.COLUMNS:
             getattr(self, column).extend(getattr(other, column))
 
-    def to_columns(self) -> list[list[Any]]:
-        """The columns as plain lists, for msgpack framing."""
-        return [getattr(self, c) for c in self.COLUMNS]
+    def to_columns(self) -> list[Any]:
+        """The columns for msgpack framing, in :attr:`COLUMNS` order: lists, except that one of
+        :attr:`REPEATABLE` holding a single value throughout (a read's ingest time, a transaction's
+        table and timestamp) is ``{"repeat": value, "times": len(batch)}``. That costs one
+        ``list.count`` in C to find and saves encoding and decoding an object per event."""
+        columns: list[Any] = []
+        for name, repeatable in self._FRAMING:
+            values = getattr(self, name)
+            if repeatable and len(values) > 1 and values[0] == values[-1] and \
+                    values.count(values[0]) == len(values):
+                columns.append({"repeat": values[0], "times": len(values)})
+            else:
+                columns.append(values)
+        return columns
 
     @classmethod
-    def from_columns(cls, columns: list[list[Any]]) -> "Batch":
-        return cls(*columns)
+    def from_columns(cls, columns: list[Any]) -> "Batch":
+        """The batch :meth:`to_columns` described (plain lists of every column are accepted too)."""
+        return cls(*[[column["repeat"]] * column["times"] if type(column) is dict else column
+                     for column in columns])
 
 
 @dataclass(slots=True)

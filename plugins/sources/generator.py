@@ -27,6 +27,8 @@ _WEIGHTED_CYCLE = 100
 """Length of the operation cycle drawn from ``operations`` weights."""
 _PAD_POOL_BYTES = 16 << 20
 """At most this many bytes of distinct padding strings (and at most 1024 of them)."""
+_CACHED_KEYS = 1 << 16
+"""Key spaces up to this size have their keys' texts computed once, not per read."""
 _MAX_BACKLOG_S = 1.0
 """With ``rate``, events owed for longer than this (a slow reader, a pause) are forgiven, not burst."""
 
@@ -89,6 +91,8 @@ class GeneratorSource(Source):
                       for schema, table, op in ((*tables[i % len(tables)], operations[i % len(operations)])
                                                 for i in range(cycle))]
         self._pads = [b""]
+        key_texts = [str(key) for key in range(1, config.key_space + 1)] if config.key_space <= _CACHED_KEYS else None
+        self._keys = (key_texts, list(map(str.encode, key_texts))) if key_texts is not None else None
         pad_length = max(0, config.row_size - self._unpadded_size())
         self._pads = [rng.randbytes(pad_length // 2 + 1).hex()[:pad_length].encode()
                       for _ in range(max(1, min(1024, _PAD_POOL_BYTES // max(pad_length, 1))))]
@@ -143,26 +147,27 @@ class GeneratorSource(Source):
         """Events ``first .. first + n - 1`` as columns, the JSON written from per-plan templates.
 
         The hot loop (this source is ``trusted``: the JSON is exactly the canonical envelope
-        ``orjson`` would write for it). Per plan entry, the read's timestamp is put into its template
-        once; then the entry's events (every ``len(plan)``-th) are formatted with ``%b`` slots only
-        (``%d`` would format each number anew) and written into the columns by strided slice.
+        ``orjson`` would write for it). The read's primary keys and paddings are cut from
+        precomputed cycles (:meth:`_key_texts`, :func:`_window`); per plan entry, the read's
+        timestamp is put into its template once, then the entry's events (every ``len(plan)``-th)
+        are formatted with ``%b`` slots only (``%d`` would format each number anew) and written
+        into the columns by strided slice.
         """
-        plan, pads, key_space = self._plan, self._pads, self.config.key_space
-        plans, pad_count = len(plan), len(pads)
+        plan, plans = self._plan, len(self._plan)
         stamp = format_timestamp(now_ns).encode().replace(b"%", b"%%")
         digits = list(map(str, range(first, first + n)))
         seq_bytes = list(map(str.encode, digits))
+        pk_texts, pk_bytes = self._key_texts(first, n)
+        pads = _window(self._pads, first % len(self._pads), n)
         payloads: list[bytes] = [b""] * n
         keys: list[str] = [""] * n
         for j in range(min(plans, n)):
             _, _, _, head, tail, key_prefix, keyed = plan[(first + j) % plans]
             template = head + stamp + tail
-            seqs = range(first + j, first + n, plans)
-            pks = [str((seq - 1) % key_space + 1) for seq in seqs]
-            rows = zip(seq_bytes[j::plans], map(str.encode, pks), [pads[seq % pad_count] for seq in seqs])
+            rows = zip(seq_bytes[j::plans], pk_bytes[j::plans], pads[j::plans])
             payloads[j::plans] = [template % (s, s, s, pk, pk, s, pad) for s, pk, pad in rows] if keyed else \
                 [template % (s, s, s, pk, s, pad) for s, pk, pad in rows]
-            keys[j::plans] = list(map(key_prefix.__add__, pks))
+            keys[j::plans] = list(map(key_prefix.__add__, pk_texts[j::plans]))
         offset = first % plans
 
         def column(field: int) -> list[str]:
@@ -171,10 +176,28 @@ class GeneratorSource(Source):
         return Batch(payloads, keys, list(map("gen-".__add__, digits)), column(2), column(0), column(1),
                      [now_ns // 1_000_000] * n, [now_ns] * n)
 
+    def _key_texts(self, first: int, n: int) -> tuple[list[str], list[bytes]]:
+        """The primary keys of events ``first .. first + n - 1`` as text and as UTF-8: cut from the
+        key space's texts, computed once, when it has at most :data:`_CACHED_KEYS` keys."""
+        start = (first - 1) % self.config.key_space
+        if self._keys is not None:
+            texts, encoded = self._keys
+            return _window(texts, start, n), _window(encoded, start, n)
+        texts = [str((seq - 1) % self.config.key_space + 1) for seq in range(first, first + n)]
+        return texts, list(map(str.encode, texts))
+
     def _unpadded_size(self) -> int:
         """Mean JSON size of the plan's events with a 7-digit ``seq`` and the current padding."""
         sample = self._encode(1_000_000, len(self._plan), time.time_ns())
         return round(sum(map(len, sample.payloads)) / len(sample))
+
+
+def _window(values: list[Any], start: int, n: int) -> list[Any]:
+    """``n`` items of the cycle ``values`` from index ``start`` on (wrapping around), by slicing."""
+    window = values[start:start + n]
+    while len(window) < n:
+        window += values[:n - len(window)]
+    return window
 
 
 def _template(schema: str, table: str, operation: str) -> tuple[bytes, bytes, str, bool]:

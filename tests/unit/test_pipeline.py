@@ -16,6 +16,18 @@ def test_frames_round_trip() -> None:
     assert decode_frame(encode_frame(batch)) == batch
 
 
+def test_columns_of_one_repeated_value_are_framed_once_and_come_back_whole() -> None:
+    batch = events(0, 50)
+    batch.tables, batch.ingest_ns = ["orders"] * 50, [7] * 50
+    batch.timestamps_ms = [1] * 49 + [2]  # one differs: framed as it is
+    columns = batch.to_columns()
+    assert columns[batch.COLUMNS.index("tables")] == {"repeat": "orders", "times": 50}
+    assert columns[batch.COLUMNS.index("ingest_ns")] == {"repeat": 7, "times": 50}
+    assert columns[batch.COLUMNS.index("timestamps_ms")] == [1] * 49 + [2]
+    assert encode_frame(batch).count(b"orders") == 1
+    assert decode_frame(encode_frame(batch)) == batch
+
+
 def test_everything_is_delivered_in_order_and_acknowledged(make_world) -> None:
     world = make_world(MemorySink())
     for size in (3, 5, 1, 7, 4):

@@ -71,6 +71,18 @@ def test_tables_and_operations_cycle_with_their_row_images() -> None:
         assert event["before"] == {"id": event["after"]["id"]}
 
 
+@pytest.mark.parametrize("key_space", [7, generator_module._CACHED_KEYS, generator_module._CACHED_KEYS + 1])
+def test_reads_across_the_end_of_the_key_space_wrap_to_key_1(key_space: int) -> None:
+    """Keys of small key spaces are cut from a precomputed cycle, of large ones computed per read."""
+    target = source(key_space=key_space)
+    target.seek(key_space - 5)
+    events = read_all(target, 2 * key_space + 10 if key_space < 100 else 20, chunk=3000)
+    seqs = range(key_space - 4, key_space - 4 + len(events))
+    assert [e["after"]["id"] for e in events] == [(s - 1) % key_space + 1 for s in seqs]
+    assert [e["before"]["id"] for e in events if e["before"]] == \
+        [(s - 1) % key_space + 1 for s, e in zip(seqs, events) if e["before"]]
+
+
 def test_primary_keys_cycle_within_the_key_space() -> None:
     events = read_all(source(key_space=7), 30)
     assert [e["after"]["id"] for e in events] == [(s - 1) % 7 + 1 for s in range(1, 31)]
