@@ -5,7 +5,8 @@ scripts/kafka_local.py on the same host. Three measurements, each with its own s
 and topic (or file):
 
 * **snapshot**: ``--snapshot-rows`` rows of ~600 bytes (the 12 mixed columns of
-  ``bench/pg_snapshot.py``) read by the gateway's initial snapshot (``snapshot.exit_after``):
+  ``bench/pg_snapshot.py``), split evenly over ``--snapshot-tables`` tables, read by the
+  gateway's initial snapshot (``snapshot.exit_after``, ``--snapshot-workers`` readers):
   rows/s between the first and the last delivered row, and from the gateway's start to its exit,
   with the CPU seconds of every process involved (gateway processes, PostgreSQL backends, broker).
   Into Kafka the topic is read only after the gateway exited (the first and last append time per
@@ -25,8 +26,9 @@ competes for the two cores while it runs; progress meanwhile comes from the part
 watermarks) or, for the file sink, the time a line was seen in the file (tailed every 2 ms). Latency is that time minus the change's
 PostgreSQL commit timestamp (the envelope's ``timestamp``), sampled on every 10th change.
 
-    python bench/pg_cdc.py [--sink kafka|file] [--snapshot-rows 300000] [--backlog 300000]
-                           [--rate 20000] [--seconds 60] [--workers 1]
+    python bench/pg_cdc.py [--sink kafka|file] [--snapshot-rows 300000] [--snapshot-tables 1]
+                           [--snapshot-workers 1] [--backlog 300000] [--rate 20000] [--seconds 60]
+                           [--workers 1]
 """
 
 from __future__ import annotations
@@ -379,19 +381,28 @@ class CpuSampler(threading.Thread):
         return roles
 
 
+def snapshot_tables(count: int) -> list[str]:
+    """The snapshot phase's table names: ``bench_rows``, or ``bench_rows_1`` … ``bench_rows_<count>``."""
+    return ["bench_rows"] if count == 1 else [f"bench_rows_{i}" for i in range(1, count + 1)]
+
+
 def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse.Namespace) -> None:
-    """The initial snapshot of ``rows`` ~600-byte rows, start to exit (``snapshot.exit_after``)."""
+    """The initial snapshot of ``rows`` ~600-byte rows over ``--snapshot-tables`` tables, start
+    to exit (``snapshot.exit_after``)."""
+    tables = snapshot_tables(args.snapshot_tables)
+    rows -= rows % len(tables)
     conn = psycopg2.connect(pg.dsn(dbname="bench"))
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(SNAPSHOT_SCHEMA, {"rows": rows})
-        cur.execute("SELECT avg(length(t::text))::int FROM (SELECT * FROM bench_rows LIMIT 1000) t")
+        for table in tables:
+            cur.execute(SNAPSHOT_SCHEMA.format(table=table), {"rows": rows // len(tables)})
+        cur.execute(f"SELECT avg(length(t::text))::int FROM (SELECT * FROM {tables[0]} LIMIT 1000) t")
         (row_bytes,) = cur.fetchone()
     conn.close()
     follower = sink.tail() if sink.kind == "file" else None
     cpu_before = children_cpu()
     started = time.time()
-    gateway = start_gateway(workdir, "snapshot", pg_source(pg, "snap", tables=["public.bench_rows"],
+    gateway = start_gateway(workdir, "snapshot", pg_source(pg, "snap", tables=[f"public.{t}" for t in tables],
                                                            drop_slot_on_close=True),
                             {"enabled": True, "exit_after": True, "batch_size": args.snapshot_batch,
                              "parallel_workers": args.snapshot_workers},
@@ -422,7 +433,7 @@ def snapshot_phase(pg: Any, workdir: Path, sink: Sink, rows: int, args: argparse
           f"{rows / (last - first):,.0f} rows/s first to last delivery ({last - first:.2f}s), "
           f"{rows / (exited - started):,.0f} rows/s gateway start to exit ({exited - started:.2f}s); "
           f"gateway CPU {cpu:.1f}s = {rows / cpu:,.0f} rows per CPU-second "
-          f"(batch_size {args.snapshot_batch}, parallel_workers {args.snapshot_workers}, "
+          f"(batch_size {args.snapshot_batch}, {len(tables)} tables, parallel_workers {args.snapshot_workers}, "
           f"workers {args.workers}; load {loadavg()})")
     print("  CPU seconds by process (start-up included): " + ", ".join(
         f"{label} {seconds:.1f}s" for label, seconds in sorted(roles.items(), key=lambda item: -item[1])))
@@ -521,6 +532,7 @@ def main() -> None:
     parser.add_argument("--snapshot-rows", type=int, default=300_000, help="0: no snapshot phase")
     parser.add_argument("--snapshot-batch", type=int, default=10_000, help="snapshot.batch_size")
     parser.add_argument("--snapshot-workers", type=int, default=1, help="snapshot.parallel_workers")
+    parser.add_argument("--snapshot-tables", type=int, default=1, help="tables the snapshot rows are split over")
     parser.add_argument("--backlog", type=int, default=300_000)
     parser.add_argument("--rate", type=float, default=20_000, help="offered changes/s in the steady phase")
     parser.add_argument("--seconds", type=float, default=60, help="0: no catch-up and steady phases")

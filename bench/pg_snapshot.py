@@ -31,13 +31,13 @@ from savegress_gw.postgres.snapshot import SnapshotReader
 REPO = Path(__file__).resolve().parents[1]
 
 SCHEMA = """
-DROP TABLE IF EXISTS bench_rows;
-CREATE TABLE bench_rows (
+DROP TABLE IF EXISTS {table};
+CREATE TABLE {table} (
     id bigint PRIMARY KEY, created_at timestamptz, updated_at timestamptz, email text,
     name text, status text, amount numeric(12,2), score float8, active bool, tags text[],
     payload jsonb, note text
 );
-INSERT INTO bench_rows
+INSERT INTO {table}
 SELECT g, now() - g * interval '1 second', now(), 'user' || g || '@example.com',
        'Name ' || md5(g::text), (array['new','active','closed'])[1 + g %% 3], g * 1.25,
        g / 7.0, g %% 2 = 0, array['alpha', 'beta', 'tag' || g %% 100],
@@ -48,8 +48,9 @@ SELECT g, now() - g * interval '1 second', now(), 'user' || g || '@example.com',
            'meta', jsonb_build_object('source', 'bench', 'hash', md5((g * 3)::text))),
        repeat(md5((g * 7)::text), 5)
 FROM generate_series(1, %(rows)s) g;
-ANALYZE bench_rows;
+ANALYZE {table};
 """
+"""Creates and fills ``{table}`` (``str.format``) with ``%(rows)s`` rows (a psycopg2 parameter)."""
 
 
 def backend_cpu_seconds(pid: int) -> float:
@@ -72,7 +73,7 @@ def run(dsn: str, rows: int, batch_size: int) -> None:
     conn.autocommit = True
     started = time.perf_counter()
     with conn.cursor() as cur:
-        cur.execute(SCHEMA, {"rows": rows})
+        cur.execute(SCHEMA.format(table="bench_rows"), {"rows": rows})
         cur.execute(
             "SELECT avg(length(t::text))::int FROM (SELECT * FROM bench_rows LIMIT 1000) t"
         )

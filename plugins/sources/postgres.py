@@ -12,10 +12,13 @@ delivered or parked; psycopg2's own keepalive advance is kept from confirming mo
 
     {"lsn": "0/16B3748", "sequence": 42, "end_lsn": "0/16B3700", "commit_us": ..., "schemas": {...}}
 
-plus ``"snapshot": {"done": [...], "table": "public.t", "after": [pk values]}`` while the initial
-snapshot is incomplete. Start precedence: ``start_position`` (streams from that LSN, or the
-slot's confirmed position if that is later), else the checkpoint, else the slot's current
-position ("latest"; a slot created now also exports the snapshot the initial load reads).
+plus ``"snapshot": {"done": [...], "tables": {"public.t": [pk values], ...}}`` while the initial
+snapshot is incomplete (``savegress_gw.postgres.snapshot_load``: tables done, and the last key
+handed out of each table in progress; ``snapshot.parallel_workers`` tables are read at once).
+Start precedence: ``start_position`` (streams from that LSN, or the slot's confirmed position if
+that is later), else the checkpoint, else the slot's current position ("latest"; a slot created
+now also exports the snapshot the initial load reads; if its readers cannot import it, the slot
+is dropped again, so that no later start streams without the initial load).
 
 Connection loss and server restarts reconnect with exponential backoff and jitter and resume
 from what was read; configuration problems (password, ``wal_level``, REPLICATION privilege, a
@@ -47,8 +50,8 @@ from savegress_gw.postgres.events import HEARTBEAT_PREFIX, ChangeBuilder, Schema
 from savegress_gw.postgres.pgoutput import lsn_to_str, str_to_lsn
 from savegress_gw.postgres.replication import ReplicationStream
 from savegress_gw.postgres.slots import PostgresSourceError
-from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader
-from savegress_gw.postgres.snapshot_load import InitialSnapshot
+from savegress_gw.postgres.snapshot import SnapshotError, open_readers
+from savegress_gw.postgres.snapshot_load import InitialSnapshot, Progress, dotted
 from savegress_gw.profile.settings import not_yet
 from savegress_gw.units import Duration
 
@@ -152,9 +155,6 @@ class PostgresSource(Source):
     @classmethod
     def check_profile(cls, config: ComponentConfig, profile: Any) -> list[str]:
         problems = []
-        if profile.snapshot.parallel_workers > 1:
-            problems.append("not implemented yet: snapshot.parallel_workers: tables are read one after another "
-                            "(set 1)")
         if profile.snapshot.enabled and profile.exactly_once.enabled:
             problems.append("not implemented yet: snapshot.enabled with exactly_once.enabled: a snapshot resumed "
                             "after a crash reads the tables afresh, not the same rows again, so exactly-once could "
@@ -333,7 +333,14 @@ class PostgresSource(Source):
             self._log.info("created replication slot", slot=c.slot_name, consistent_point=lsn_to_str(created))
             if snapshot_wanted:
                 self._reader.start_at(created)
-                self._begin_snapshot(name, {"done": []})  # imported before this connection's next command
+                try:
+                    self._begin_snapshot(name, {"done": []})  # imported before this connection's next command
+                except SnapshotError as exc:
+                    self._forget_slot()
+                    raise PostgresSourceError(
+                        f"initial snapshot: {exc}; snapshot.parallel_workers readers need as many free connections "
+                        f"(max_connections); the new slot was dropped, so the next start exports a snapshot again"
+                    ) from None
                 self._started = True
                 return
         if c.start_position:
@@ -352,6 +359,17 @@ class PostgresSource(Source):
                            lsn=lsn_to_str(self._slot.confirmed_flush))
         self._started = True
 
+    def _forget_slot(self) -> None:
+        """Drop the slot just created: its exported snapshot could not be imported, and a start
+        that found it would stream without the initial load."""
+        if self._stream is not None:
+            self._stream.close()
+        conn, deadline = self._query_conn(), time.monotonic() + self.config.connection_timeout
+        while (state := slots.slot_state(conn, self.config.slot_name)) is not None and state.active_pid is not None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)  # the walsender releases the slot when it has seen the connection go
+        slots.drop_slot(conn, self.config.slot_name)
+
     def _save_schemas(self, schemas: dict[str, Any]) -> None:
         """Keep the relation cache beside the checkpoint too, for a start without a checkpoint
         position (a crash before the first checkpoint): schema changes are then still detected."""
@@ -365,22 +383,31 @@ class PostgresSource(Source):
         c = self.config
         return min(c.standby_message_interval, c.wal_receiver_status_interval or c.standby_message_interval)
 
-    def _begin_snapshot(self, snapshot_name: str | None, progress: dict[str, Any]) -> None:
-        """Start (or resume, without an exported snapshot) the initial load of the tables."""
-        done = list(progress.get("done", []))
-        tables = [t for t in self._snapshot_tables if f"{t[0]}.{t[1]}" not in done]
+    def _begin_snapshot(self, snapshot_name: str | None, position: dict[str, Any]) -> None:
+        """Start the initial load of the tables, or resume it from a position's ``snapshot``
+        entry (without an exported snapshot). Every reader has imported ``snapshot_name`` when
+        this returns, so the replication connection may run its next command."""
+        progress = Progress.from_position(position)
+        tables = [t for t in self._snapshot_tables if dotted(t) not in progress.done]
         filters = {name: f.condition for name, f in self.config.row_filters.items()}
         conditions = {t: c for t in tables if (c := slots.row_filter(filters, *t)) is not None}
-        self._snap = InitialSnapshot(SnapshotReader(self._dsn(), snapshot_name), tables, done,
-                                     progress.get("table"), progress.get("after"), self.config.database,
-                                     lsn_to_str(self._reader.end), conditions)
-        self._log.info("initial snapshot", tables=[f"{s}.{t}" for s, t in tables], resumed=bool(done or
-                       progress.get("table")), exported_snapshot=snapshot_name)
+        settings = self._snapshot_settings
+        workers = min(settings.parallel_workers if settings else 1, len(tables))
+        batch_size = settings.batch_size if settings else 10_000
+        readers = open_readers(self._dsn(), snapshot_name, workers)
+        self._snap = InitialSnapshot(readers, tables, progress, self.config.database, lsn_to_str(self._reader.end),
+                                     batch_size, conditions)
+        self._log.info("initial snapshot", tables=[dotted(t) for t in tables], readers=workers,
+                       resumed=bool(progress.done or progress.tables), in_progress=progress.tables,
+                       exported_snapshot=snapshot_name)
 
-    def _read_snapshot(self, max_events: int) -> SourceBatch:
+    def _read_snapshot(self, max_events: int, timeout_s: float) -> SourceBatch | None:
+        """The next SNAPSHOT events with the position that claims them (None: none ready yet)."""
         snap = self._snap
-        batch_size = self._snapshot_settings.batch_size if self._snapshot_settings else 10_000
-        events = snap.read(min(max_events, batch_size), batch_size)
+        assert snap is not None
+        events = snap.read(min(max_events, snap.batch_size), timeout_s)
+        if not len(events) and not snap.finished:
+            return None
         position = self._reader.position()
         if snap.finished:
             snap.close()
@@ -405,7 +432,7 @@ class PostgresSource(Source):
                 return None
         if self._snap is not None:
             try:
-                return self._read_snapshot(max_events)
+                return self._read_snapshot(max_events, timeout_s)
             except SnapshotError as exc:
                 raise PostgresSourceError(f"initial snapshot failed: {exc}; the gateway restarts it from the "
                                           f"checkpoint (tables already read are not read again)") from None
@@ -567,6 +594,9 @@ class PostgresSource(Source):
         return self._exhausted
 
     def close(self) -> None:
+        if self._snap is not None:
+            self._snap.close()
+            self._snap = None
         if self._stream is not None:
             if self._stream.started and self._committed_end:
                 try:

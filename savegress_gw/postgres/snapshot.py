@@ -26,7 +26,8 @@ skipped, as pgoutput skips them. While a batch is handed out, the next one is al
 fetched on a helper thread (the connection is used by one thread at a time).
 
 One reader is one connection and reads sequentially; several readers may import the same
-snapshot to read tables in parallel.
+snapshot to read tables in parallel (``open_readers``; ``snapshot_load.InitialSnapshot`` runs each
+on its own thread). The garbage collector pause while a batch is converted is shared by them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import contextlib
 import gc
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,18 +143,35 @@ def parse_copy_text(data: str) -> list[list[str | None]]:
     return rows
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a batch is converted. Converting creates
+class _GcPause:
+    """Pauses the cyclic garbage collector while any thread converts a batch. Converting creates
     hundreds of thousands of acyclic containers (rows, lists, JSON objects) that refcounting
-    frees; left on, the collector re-scans them and costs two thirds of the reader's CPU."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    frees; left on, the collector re-scans them and costs two thirds of the reader's CPU. The
+    collector is switched back on when the last converting thread is done, if it was on when the
+    first one began (readers of a parallel snapshot overlap)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._active == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0 and self._was_enabled:
+                    gc.enable()
+
+
+_gc_paused = _GcPause()
 
 
 def _key_getter(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -336,3 +355,18 @@ class SnapshotReader:
         if limit is not None:
             query += psycopg2.sql.SQL(" LIMIT {}").format(psycopg2.sql.Literal(limit))
         return psycopg2.sql.SQL("COPY ({}) TO STDOUT").format(query).as_string(self._conn)
+
+
+def open_readers(dsn: str, snapshot_name: str | None, count: int) -> list[SnapshotReader]:
+    """``count`` readers inside one snapshot, opened one after another: with an exported
+    ``snapshot_name`` every one has imported it when this returns. If one cannot be opened, those
+    already open are closed and its ``SnapshotError`` is raised."""
+    readers: list[SnapshotReader] = []
+    try:
+        for _ in range(count):
+            readers.append(SnapshotReader(dsn, snapshot_name))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return readers

@@ -17,7 +17,7 @@ from savegress_gw.envelope import encode, timestamp_ms
 from savegress_gw.postgres.connection import connect_kwargs
 from savegress_gw.postgres.pgoutput import Commit, Delete, Insert, Relation, Update, decode
 from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader, parse_copy_text
-from savegress_gw.postgres.snapshot_load import InitialSnapshot
+from savegress_gw.postgres.snapshot_load import InitialSnapshot, Progress
 from savegress_gw.postgres.types import RowDecoder
 from tests.integration.pg_type_cases import SETUP, expected_rows, insert_statements
 
@@ -215,10 +215,10 @@ def test_encoded_snapshot_events_are_the_envelopes_orjson_writes(postgres, pg_da
         "INSERT INTO heap2 VALUES ('h1'), ('h2')")
     tables = [("public", "types"), ("public", 'we"ird'), ("public", "heap2")]
     with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
-        snapshot = InitialSnapshot(reader, tables, [], None, None, pg_database, "0/16B3748")
+        snapshot = InitialSnapshot([reader], tables, Progress(), pg_database, "0/16B3748", 1000)
         batches = []
         while not snapshot.finished:
-            batches.append(snapshot.read(3, 1000))
+            batches.append(snapshot.read(3, 5.0))
         expected = []
         for schema, table in tables:
             plan = reader.plan((schema, table))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
-from pathlib import Path
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -15,6 +17,7 @@ import pytest
 
 from tests.harness.gateway import Gateway, wait_for
 from tests.harness.pg_source import events, pg_profile, release, start_streaming, wait_events
+from tests.harness.verify import file_sink_events
 
 
 @pytest.fixture()
@@ -37,11 +40,12 @@ def _apply(found: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def _start_while_writing(postgres: Any, db: str, tmp_path: Path, profile: dict[str, Any],
-                         new_balance: Callable[[int], int]) -> tuple[Gateway, int]:
+                         new_balance: Callable[[int], int],
+                         more: Callable[[Any, int], None] = lambda cur, n: None) -> tuple[Gateway, int]:
     """Start ``profile``'s gateway while a writer changes ``acct`` (20,000 rows): every write
     updates a row, every 7th deletes one, every 5th inserts one with balance ``new_balance(n)``,
-    while the slot is created and the snapshot read, until 1,000 more writes happened while
-    streaming. Returns the gateway and the number of writes."""
+    and ``more(cursor, n)`` runs, while the slot is created and the snapshot read, until 1,000
+    more writes happened while streaming. Returns the gateway and the number of writes."""
     stop = threading.Event()
     written = [0]
 
@@ -57,6 +61,7 @@ def _start_while_writing(postgres: Any, db: str, tmp_path: Path, profile: dict[s
                     cur.execute("DELETE FROM acct WHERE id = %s", (n % 20000 + 1,))
                 if n % 5 == 0:
                     cur.execute("INSERT INTO acct VALUES (%s, %s, 'new')", (100000 + n, new_balance(n)))
+                more(cur, n)
                 written[0] = n
                 time.sleep(0.002)
         conn.close()
@@ -141,7 +146,7 @@ def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(post
                          checkpoint={"interval": "200ms"})
     gateway = Gateway(tmp_path, profile).start()
     checkpoint = tmp_path / "checkpoints" / "pgtest.json"
-    wait_for(lambda: checkpoint.exists() and '"table": "public.big"' in checkpoint.read_text()
+    wait_for(lambda: checkpoint.exists() and '"public.big": [' in checkpoint.read_text()
              and len(events(tmp_path)) > 20_000, 180, "the snapshot to be part-way through table big")
     os.killpg(gateway.pid, signal.SIGKILL)
     gateway.wait(30)
@@ -155,3 +160,134 @@ def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(post
     assert len(big) < 300000 + 50_000, "the snapshot started over instead of resuming"
     assert '"resumed": true' in gateway.stderr()
     assert gateway.stop() == 0
+
+
+def _tables_state(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per table, the state a consumer applying the events in order ends with: rows by ``id``,
+    or, for ``audit`` (no key, inserts only), the multiset of its rows."""
+    state: dict[str, Any] = {}
+    for table in {e["table"] for e in found}:
+        rows = [e for e in found if e["table"] == table]
+        if table == "audit":
+            state[table] = Counter(tuple(sorted(e["after"].items())) for e in rows
+                                   if e["operation"] in ("SNAPSHOT", "INSERT"))
+        else:
+            state[table] = _apply(rows)
+    return state
+
+
+def _database_state(postgres: Any, db: str) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for table, columns in (("acct", ("id", "balance", "note")), ("ledger", ("id", "amount")), ("cfg", ("id", "v"))):
+        rows = postgres.execute(f"SELECT {', '.join(columns)} FROM {table}", dbname=db)
+        if rows:
+            state[table] = {row[0]: dict(zip(columns, row)) for row in rows}
+    state["audit"] = Counter(tuple(sorted({"id": row[0], "v": row[1]}.items()))
+                             for row in postgres.execute("SELECT id, v FROM audit", dbname=db))
+    return state
+
+
+def test_a_parallel_snapshot_with_concurrent_writes_ends_in_the_final_state_of_every_table(
+        postgres, db: str, tmp_path: Path) -> None:
+    for statement in ("CREATE TABLE acct (id int PRIMARY KEY, balance int, note text)",
+                      "INSERT INTO acct SELECT g, 0, 'start' FROM generate_series(1, 20000) g",
+                      "CREATE TABLE ledger (id int PRIMARY KEY, amount int)",
+                      "INSERT INTO ledger SELECT g, g FROM generate_series(1, 15000) g",
+                      "CREATE TABLE cfg (id int PRIMARY KEY, v text)",
+                      "INSERT INTO cfg VALUES (1, 'a'), (2, 'b')",
+                      "CREATE TABLE empty_t (id int PRIMARY KEY)",
+                      "CREATE TABLE audit (id int, v text)",  # no key: inserts only
+                      "INSERT INTO audit SELECT g % 50, 'old' FROM generate_series(1, 300) g"):
+        postgres.execute(statement, dbname=db)
+
+    def more(cur: Any, n: int) -> None:
+        cur.execute("UPDATE ledger SET amount = amount - 1 WHERE id = %s", (n % 15000 + 1,))
+        if n % 3 == 0:
+            cur.execute("INSERT INTO audit VALUES (%s, 'new')", (n % 50,))
+
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 2000, "parallel_workers": 3})
+    gateway, written = _start_while_writing(postgres, db, tmp_path, profile, lambda n: 1, more)
+    final = _database_state(postgres, db)
+    found = wait_events(tmp_path, lambda e: _tables_state(e) == final, timeout=180,
+                        what="the events to add up to the final state of every table")
+    snapshot = [e for e in found if e["operation"] == "SNAPSHOT"]
+    first_change = next(i for i, e in enumerate(found) if e["operation"] != "SNAPSHOT")
+    assert len(snapshot) == first_change, "snapshot rows after stream events"
+    assert len({e["id"] for e in snapshot}) == len(snapshot)
+    assert {e["table"] for e in snapshot} == {"acct", "ledger", "cfg", "audit"}
+    assert 300 <= sum(e["table"] == "audit" for e in snapshot) <= 300 + written // 3
+    # the big tables were read at once: their snapshot rows interleave
+    spans = {table: [i for i, e in enumerate(snapshot) if e["table"] == table] for table in ("acct", "ledger")}
+    assert spans["acct"][0] < spans["ledger"][-1] and spans["ledger"][0] < spans["acct"][-1]
+    assert '"readers": 3' in gateway.stderr()
+    assert gateway.stop() == 0
+
+
+@pytest.mark.timeout(400)
+def test_a_parallel_snapshot_killed_half_way_resumes_each_table_after_its_checkpointed_key(
+        postgres, db: str, tmp_path: Path) -> None:
+    postgres.execute("CREATE TABLE done_first (id int PRIMARY KEY)", dbname=db)
+    postgres.execute("INSERT INTO done_first SELECT generate_series(1, 100)", dbname=db)
+    big = {"big1": 120_000, "big2": 100_000}
+    for table, rows in big.items():
+        postgres.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, pad text)", dbname=db)
+        postgres.execute(f"INSERT INTO {table} SELECT g, repeat('p', 200) FROM generate_series(1, {rows}) g",
+                         dbname=db)
+    profile = pg_profile(postgres, db, tmp_path, snapshot={"enabled": True, "batch_size": 2000, "parallel_workers": 3},
+                         checkpoint={"interval": "200ms"})
+    gateway = Gateway(tmp_path, profile).start()
+    checkpoint = tmp_path / "checkpoints" / "pgtest.json"
+
+    def in_progress() -> dict[str, Any]:
+        text = checkpoint.read_text() if checkpoint.exists() else "{}"
+        return json.loads(text).get("position", {}).get("snapshot", {}).get("tables", {}) if text else {}
+
+    wait_for(lambda: all(int((in_progress().get(f"public.{t}") or ["0"])[0]) > 5000 for t in big), 180,
+             "both big tables to be part-way through in a checkpoint")
+    os.killpg(gateway.pid, signal.SIGKILL)
+    gateway.wait(30)
+    progress = json.loads(checkpoint.read_text())["position"]["snapshot"]
+    first_run = len(file_sink_events(tmp_path / "out" / "events.jsonl"))
+    release(postgres, db)
+    gateway = start_streaming(postgres, db, tmp_path, profile)
+    found = wait_events(tmp_path, lambda e: all(len({x["after"]["id"] for x in e if x["table"] == t}) == n
+                                                for t, n in big.items()), timeout=300, what="every row of big1, big2")
+    for table, rows in big.items():
+        assert sorted({e["after"]["id"] for e in found if e["table"] == table}) == list(range(1, rows + 1))
+        again = [e["after"]["id"] for e in found[first_run:] if e["table"] == table]
+        if f"public.{table}" in progress["done"]:
+            assert again == []
+        else:  # resumed right after the checkpointed key, in key order
+            assert again == list(range(int(progress["tables"][f"public.{table}"][0]) + 1, rows + 1))
+    assert sorted(e["after"]["id"] for e in found if e["table"] == "done_first") == list(range(1, 101))
+    assert len(found) < sum(big.values()) + 100 + 50_000, "the snapshot started over instead of resuming"
+    assert '"resumed": true' in gateway.stderr()
+    assert gateway.stop() == 0
+
+
+def test_readers_that_cannot_import_the_snapshot_leave_no_slot_behind_and_a_later_start_snapshots(
+        postgres, db: str, tmp_path: Path) -> None:
+    role = f"lim_{db[2:10]}"
+    postgres.execute(f"CREATE ROLE {role} LOGIN REPLICATION CONNECTION LIMIT 3")  # query + replication + 1 reader
+    try:
+        postgres.execute(f'GRANT CREATE ON DATABASE "{db}" TO {role}', dbname=db)
+        for table in ("t", "u", "v"):
+            postgres.execute(f"CREATE TABLE {table} (id int PRIMARY KEY); ALTER TABLE {table} OWNER TO {role}",
+                             dbname=db)
+        postgres.execute("INSERT INTO t SELECT generate_series(1, 1000)", dbname=db)
+        profile = pg_profile(postgres, db, tmp_path, source={"user": role, "tables": ["public.t", "public.u", "public.v"]},
+                             snapshot={"enabled": True, "parallel_workers": 3})
+        gateway = Gateway(tmp_path, profile).start()
+        assert gateway.wait(120) != 0  # the crash loop halts it
+        assert "snapshot.parallel_workers readers need as many free connections" in gateway.stderr()
+        assert postgres.execute("SELECT 1 FROM pg_replication_slots WHERE database = %s", (db,)) == []
+        assert events(tmp_path) == []
+        postgres.execute(f"ALTER ROLE {role} CONNECTION LIMIT 5")
+        gateway = start_streaming(postgres, db, tmp_path, profile)
+        found = wait_events(tmp_path, lambda e: len(e) >= 1000, what="the snapshot of t")
+        assert sorted(e["after"]["id"] for e in found if e["operation"] == "SNAPSHOT") == list(range(1, 1001))
+        assert gateway.stop() == 0
+    finally:
+        release(postgres, db)
+        postgres.execute(f"DROP OWNED BY {role}", dbname=db)
+        postgres.execute(f"DROP ROLE {role}")
