@@ -120,8 +120,10 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
     **put** produces one record per event, then waits until every delivery report arrived, at most
     ``timeout``; when one failed or the time ran out (the rest is then purged) it raises
     :class:`KafkaDlqError`, and the pipeline keeps the events and parks them again later: records
-    of the first try that did arrive are then in the topic twice. A producer that failed fatally is
-    replaced at the next put.
+    of the first try that did arrive are then in the topic twice. The producer is made by the first
+    put (``open()`` only checks that the cluster answers: most runs never park an event, and the
+    exactly-once worker parks through its own transactional producer); one that failed fatally
+    is replaced at the next put.
     """
 
     name = "kafka"
@@ -212,6 +214,8 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         }
         min_isr = profile.replication.min_isr if profile is not None else None
         try:
+            # a producer only to reach the cluster: most runs never park anything (and the
+            # exactly-once worker parks through its own producer), so put() makes its own on first use
             producer, errors = self._new_producer(opening=True)
             metadata = wait_connected(producer, target.brokers, errors.open_errors, cfg.timeout, _LABEL, "dlq.timeout")
             admin = AdminClient({**admin_settings(self._conf), "logger": LibrdkafkaLog(self._limited)})
@@ -226,20 +230,15 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
             if not created:
                 self._check_record_limit(admin)
         except KafkaClientError as exc:
-            self._producer = None
             raise KafkaDlqError(str(exc)) from None
-        except BaseException:
-            self._producer = None
-            raise
         finally:
-            if self._errors is not None:
-                self._errors.opening = False
-                self._errors.open_errors.clear()
+            self._producer, self._errors = None, None
         self._reader = self.store(profile, self._log)
         self._log.info("kafka dead-letter topic ready", created=created, max_record_size=cfg.max_record_size)
 
     def _new_producer(self, opening: bool = False) -> tuple[Producer, ClientErrors]:
-        """A producer with its own :class:`ClientErrors` (collecting while ``opening``)."""
+        """A producer with its own :class:`ClientErrors` (collecting errors for ``wait_connected``
+        while ``opening``)."""
         errors = ClientErrors(self._limited, "kafka dead-letter producer failed fatally")
         errors.opening = opening
         try:
@@ -288,10 +287,11 @@ class KafkaDeadLetterQueue(DeadLetterQueue):
         n = len(batch)
         if not n:
             return
+        assert self._conf, "open() first"
         producer = self._producer
-        assert producer is not None, "open() first"
-        assert self._errors is not None
-        if self._errors.fatal is not None:
+        if producer is None:
+            producer, _ = self._new_producer()
+        elif self._errors is not None and self._errors.fatal is not None:
             self._log.warning("replacing the dead-letter producer after a fatal error", error=self._errors.fatal)
             producer, _ = self._new_producer()
         topic, timeout = self._target.topic, self.config.timeout
