@@ -8,8 +8,9 @@ a ``dlq replay`` run starts with none held, since its entries are what it replay
 
 **Released** when the queue no longer holds any entry of the key: after the entries were
 replayed and delivered (``dlq replay``), or purged. The worker asks the queue every
-:data:`RECHECK_S` seconds while it holds keys, in a background thread (the scan reads the whole
-queue), and releases a key only if nothing of it was parked after that scan started. A
+:data:`RECHECK_S` seconds while it holds keys, in a background thread (a scan may read the whole
+queue; the Kafka queue reads only what was appended or removed since its last scan), and releases
+a key only if nothing of it was parked after that scan started. A
 replay that runs while new events of the key keep arriving leaves those new entries behind; the
 key stays held until they are replayed too.
 """

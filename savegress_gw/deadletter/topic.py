@@ -28,6 +28,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -76,6 +77,27 @@ def _within(low: int, high: int, offsets: list[int]) -> tuple[int, int]:
     return (max(low, min(offsets)), min(high, max(offsets) + 1)) if offsets else (low, low)
 
 
+def _marker_location(message: Any) -> tuple[int, int] | None:
+    """``(partition, offset)`` of the entry a removal marker is about; None if it is not a marker of ours."""
+    try:
+        partition, offset = map(int, message.key().decode().split(":"))
+    except (AttributeError, ValueError):
+        return None
+    return partition, offset
+
+
+@dataclass
+class _KeyIndex:
+    """What :meth:`TopicStore.parked_keys` read so far: per partition the entries not known to be
+    removed (offset → (key, event id), in offset order) and the offset reading continues at; the
+    removal markers' entries and where reading each markers partition continues."""
+
+    entries: dict[int, dict[int, tuple[str, str]]] = field(default_factory=dict)
+    entries_next: dict[int, int] = field(default_factory=dict)
+    removed: set[tuple[int, int]] = field(default_factory=set)
+    markers_next: dict[int, int] = field(default_factory=dict)
+
+
 class TopicStore:
     """Reads and removes the entries of a Kafka dead-letter topic (see the module docstring).
 
@@ -94,6 +116,7 @@ class TopicStore:
         self._log = log or structlog.get_logger().bind(dlq=topic)
         self.corrupt = 0
         self._reported: set[tuple[int, int]] = set()
+        self._index = _KeyIndex()
 
     @property
     def location(self) -> str:
@@ -135,11 +158,56 @@ class TopicStore:
         return sum(1 for _ in self.entries())
 
     def parked_keys(self) -> dict[str, str]:
-        """Every key with a live entry → the event id of its oldest one."""
+        """Every key with a live entry → the event id of its oldest one, as of this call.
+
+        Incremental (``preserve_order`` asks every few seconds, and a dead-letter topic may hold
+        hundreds of thousands of entries): the store keeps the keys of the entries and the removal
+        markers it read before and reads only what was appended since. Entries below a partition's
+        low-water mark (cut by a removal, or by retention) are forgotten; a topic found shorter than
+        what was read (deleted and created again) is read again from its start."""
+        index = self._index
+        self._read_new_markers(index)
+        for partition, (low, high) in self._ranges().items():
+            known = index.entries.setdefault(partition, {})
+            start = index.entries_next.get(partition, low)
+            if high < start:
+                known.clear()
+                start = low
+            for offset in [offset for offset in known if offset < low]:
+                del known[offset]
+            start = max(start, low)
+            for _, offset, message in self._read(self.topic, {partition: (start, high)}):
+                entry = self._entry(message)
+                if entry is not None and (partition, offset) not in index.removed:
+                    known[offset] = (entry.key, entry.event_id)
+            index.entries_next[partition] = max(start, high)
         keys: dict[str, str] = {}
-        for entry in self.entries():
-            keys.setdefault(entry.key, entry.event_id)
+        for partition, known in sorted(index.entries.items()):
+            for offset, (key, event_id) in known.items():  # in offset order: read in order, appended
+                if (partition, offset) not in index.removed:
+                    keys.setdefault(key, event_id)
         return keys
+
+    def _read_new_markers(self, index: _KeyIndex) -> None:
+        """Apply the removal markers appended since the last call (all of them when the markers
+        topic is shorter than what was read: deleted and created again). A removed entry leaves the
+        index for good: a marker is tombstoned only once its entry is below the low-water mark."""
+        for partition, (low, high) in self._ranges(self.markers).items():
+            start = index.markers_next.get(partition, low)
+            if high < start:
+                index.removed.clear()
+                start = low
+            start = max(start, low)
+            for _, _, message in self._read(self.markers, {partition: (start, high)}):
+                location = _marker_location(message)
+                if location is None:
+                    continue
+                if message.value() is None:
+                    index.removed.discard(location)
+                else:
+                    index.removed.add(location)
+                    index.entries.get(location[0], {}).pop(location[1], None)
+            index.markers_next[partition] = max(start, high)
 
     # ------------------------------------------------------------------ removing
 
@@ -272,14 +340,13 @@ class TopicStore:
         """Entries with a live removal marker."""
         removed: set[tuple[int, int]] = set()
         for _, _, message in self._read(self.markers, self._ranges(self.markers)):
-            try:
-                partition, offset = map(int, message.key().decode().split(":"))
-            except (AttributeError, ValueError):
-                continue  # not a marker of ours
+            location = _marker_location(message)
+            if location is None:
+                continue
             if message.value() is None:
-                removed.discard((partition, offset))
+                removed.discard(location)
             else:
-                removed.add((partition, offset))
+                removed.add(location)
         return removed
 
     def _ensure_markers_topic(self) -> None:

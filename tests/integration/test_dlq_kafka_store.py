@@ -130,6 +130,43 @@ def test_entries_are_read_with_their_headers_and_removed_with_markers_and_delete
     assert watermarks(kafka_cluster, store.topic) == (6, 6)
 
 
+def test_parked_keys_reads_only_what_was_appended_since_it_last_asked(kafka_cluster: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = unique("orders")
+    data = {"gateway": {"id": "gw-k"},
+            "output": {"type": "kafka", "brokers": brokers(kafka_cluster), "topic": topic,
+                       "topics": {"partitions": 2}},
+            "dlq": {"enabled": True, "timeout": "10s"}}
+    queue, context = build("dlq", data, *PLUGINS)
+
+    def park(first: int, count: int) -> None:
+        events = [{"id": f"evt-{i}", "schema": "sales", "table": "orders", "operation": "UPDATE",
+                   "after": {"id": i % 4}} for i in range(first, first + count)]
+        queue.put(batch_of(events), "MSG_SIZE_TOO_LARGE: too large", 1, "gw-k/worker-0")
+
+    holds = queue.store(context.profile)  # what a worker keeps asking
+    read: list[str] = []
+    original = holds._read
+    monkeypatch.setattr(holds, "_read", lambda t, ranges: (read.append(t) or m for m in original(t, ranges)))
+    try:
+        park(0, 6)  # keys orders:0..3; evt-0..3 are their oldest entries
+        assert holds.parked_keys() == {f"orders:{k}": f"evt-{k}" for k in range(4)}
+        assert read.count(holds.topic) == 6
+        park(6, 3)
+        assert holds.parked_keys() == {f"orders:{k}": f"evt-{k}" for k in range(4)}
+        assert read.count(holds.topic) == 9, "only the three new entries were read"
+
+        cli = queue.store(context.profile)  # a replay or purge removes entries meanwhile
+        ids = {entry.event_id: entry.id for entry in cli.entries()}
+        assert cli.remove([ids["evt-0"], ids["evt-4"], ids["evt-8"]]) == 3  # every entry of orders:0
+        assert cli.remove([ids["evt-1"]]) == 1  # orders:1 still has evt-5
+        assert holds.parked_keys() == {"orders:1": "evt-5", "orders:2": "evt-2", "orders:3": "evt-3"}
+        assert read.count(holds.topic) == 9, "removals are learnt from the markers alone"
+        assert holds.parked_keys() == queue.store(context.profile).parked_keys(), "same as a fresh read"
+    finally:
+        queue.close()
+
+
 @pytest.mark.slow
 def test_list_show_replay_and_purge_a_kafka_dead_letter_topic_of_a_running_gateway(kafka_cluster: Any,
                                                                                       tmp_path: Path) -> None:
