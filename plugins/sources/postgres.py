@@ -50,8 +50,10 @@ from savegress_gw.postgres.events import HEARTBEAT_PREFIX, ChangeBuilder, Schema
 from savegress_gw.postgres.pgoutput import lsn_to_str, str_to_lsn
 from savegress_gw.postgres.replication import ReplicationStream
 from savegress_gw.postgres.slots import PostgresSourceError
-from savegress_gw.postgres.snapshot import SnapshotError, open_readers
-from savegress_gw.postgres.snapshot_load import InitialSnapshot, Progress, dotted
+from savegress_gw.envelope import now_iso
+from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader
+from savegress_gw.postgres.snapshot_load import Envelope, InitialSnapshot, Progress, TableReader, ThreadReader, dotted
+from savegress_gw.postgres.snapshot_proc import open_process_readers
 from savegress_gw.profile.settings import not_yet
 from savegress_gw.units import Duration
 
@@ -392,20 +394,29 @@ class PostgresSource(Source):
         filters = {name: f.condition for name, f in self.config.row_filters.items()}
         conditions = {t: c for t in tables if (c := slots.row_filter(filters, *t)) is not None}
         settings = self._snapshot_settings
-        workers = min(settings.parallel_workers if settings else 1, len(tables))
-        batch_size = settings.batch_size if settings else 10_000
-        readers = open_readers(self._dsn(), snapshot_name, workers)
-        self._snap = InitialSnapshot(readers, tables, progress, self.config.database, lsn_to_str(self._reader.end),
-                                     batch_size, conditions)
+        parallel = settings.parallel_workers if settings else 1
+        workers = min(parallel, len(tables))
+        envelope = Envelope(self.config.database, lsn_to_str(self._reader.end), now_iso())
+        readers: list[TableReader]
+        if parallel > 1:  # the conversion in reader processes, beside the source process (docs/postgres.md)
+            readers = list(open_process_readers(self._dsn(), snapshot_name, workers, envelope, self._batch_size))
+        else:
+            readers = [ThreadReader(SnapshotReader(self._dsn(), snapshot_name), envelope, self._batch_size)
+                       for _ in range(workers)]  # one, or none without tables
+        self._snap = InitialSnapshot(readers, tables, progress, conditions)
         self._log.info("initial snapshot", tables=[dotted(t) for t in tables], readers=workers,
-                       resumed=bool(progress.done or progress.tables), in_progress=progress.tables,
-                       exported_snapshot=snapshot_name)
+                       reader_processes=parallel > 1, resumed=bool(progress.done or progress.tables),
+                       in_progress=progress.tables, exported_snapshot=snapshot_name)
+
+    @property
+    def _batch_size(self) -> int:
+        return self._snapshot_settings.batch_size if self._snapshot_settings else 10_000
 
     def _read_snapshot(self, max_events: int, timeout_s: float) -> SourceBatch | None:
         """The next SNAPSHOT events with the position that claims them (None: none ready yet)."""
         snap = self._snap
         assert snap is not None
-        events = snap.read(min(max_events, snap.batch_size), timeout_s)
+        events = snap.read(min(max_events, self._batch_size), timeout_s)
         if not len(events) and not snap.finished:
             return None
         position = self._reader.position()

@@ -26,8 +26,8 @@ skipped, as pgoutput skips them. While a batch is handed out, the next one is al
 fetched on a helper thread (the connection is used by one thread at a time).
 
 One reader is one connection and reads sequentially; several readers may import the same
-snapshot to read tables in parallel (``open_readers``; ``snapshot_load.InitialSnapshot`` runs each
-on its own thread). The garbage collector pause while a batch is converted is shared by them.
+snapshot to read tables in parallel (``snapshot_load`` and ``snapshot_proc``). The garbage
+collector pause while a batch is converted is shared by the readers of one process.
 """
 
 from __future__ import annotations
@@ -356,17 +356,3 @@ class SnapshotReader:
             query += psycopg2.sql.SQL(" LIMIT {}").format(psycopg2.sql.Literal(limit))
         return psycopg2.sql.SQL("COPY ({}) TO STDOUT").format(query).as_string(self._conn)
 
-
-def open_readers(dsn: str, snapshot_name: str | None, count: int) -> list[SnapshotReader]:
-    """``count`` readers inside one snapshot, opened one after another: with an exported
-    ``snapshot_name`` every one has imported it when this returns. If one cannot be opened, those
-    already open are closed and its ``SnapshotError`` is raised."""
-    readers: list[SnapshotReader] = []
-    try:
-        for _ in range(count):
-            readers.append(SnapshotReader(dsn, snapshot_name))
-    except BaseException:
-        for reader in readers:
-            reader.close()
-        raise
-    return readers

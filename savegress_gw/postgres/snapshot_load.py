@@ -1,11 +1,12 @@
-"""The initial load: the selected tables read through ``SnapshotReader``s, as ``SNAPSHOT`` events.
+"""The initial load: the selected tables read inside one snapshot, as encoded ``SNAPSHOT`` events.
 
-:class:`InitialSnapshot` runs one thread per reader (``snapshot.parallel_workers`` readers, all in
-one snapshot). A reader that is free takes the next pending table (tables in progress at a
-crash first) and reads it in key order, converting and encoding each COPY batch itself; so up to
-N tables are in flight at once, and every table is read by one reader only, in key order. The
-encoded batches wait in one queue of at most N + 1; ``read`` hands them out, whole or in
-slices, in the order they were queued.
+:class:`InitialSnapshot` drives N :class:`TableReader`s (``snapshot.parallel_workers``), each
+from a thread of its own. A reader that is free takes the next pending table (tables in progress
+at a crash first) and gives its rows in key order, a COPY batch at a time, converted and encoded
+(:func:`encoded_batches`): by :class:`ThreadReader` in this process, or by a reader process
+(``savegress_gw.postgres.snapshot_proc``). So up to N tables are in flight at once, and every
+table is read by one reader only, in key order. The encoded batches wait in one queue of at most
+N + 1; ``read`` hands them out, whole or in slices, in the order they were queued.
 
 Progress is :class:`Progress`, plain data for the source's position::
 
@@ -29,12 +30,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from savegress_gw import components
-from savegress_gw.envelope import now_iso
 from savegress_gw.postgres.snapshot import SnapshotReader, TableName
 from savegress_gw.postgres.snapshot_encode import SnapshotEncoder
 
@@ -42,9 +42,74 @@ _PUT_POLL_S = 0.1
 _JOIN_S = 30.0
 
 
+Key = tuple[str, ...]
+EncodedBatch = tuple[components.Batch, list[Key]]
+"""SNAPSHOT events of one table, encoded, with the text form of each row's key."""
+
+
 def dotted(table: TableName) -> str:
     """``("public", "b")`` → ``"public.b"``, the name positions use."""
     return f"{table[0]}.{table[1]}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every SNAPSHOT event of one load shares: the database, the slot's consistent point
+    (the events' position) and the time the snapshot started (ISO 8601)."""
+
+    database: str
+    lsn: str
+    timestamp: str
+
+
+def encoded_batches(reader: SnapshotReader, table: TableName, after: list[str] | None, batch_size: int,
+                    condition: str | None, envelope: Envelope) -> Generator[EncodedBatch, None, None]:
+    """``table``'s rows after ``after`` (matching ``condition``) as encoded SNAPSHOT events, a COPY
+    batch at a time, in key order (module docstring for the envelope and the ids)."""
+    plan = reader.plan(table)
+    meta: dict[str, Any] = {"database": envelope.database, "snapshot": True}
+    if plan.key_columns:
+        meta["primary_key"] = list(plan.key_columns)
+    encoder = SnapshotEncoder(*table, envelope.timestamp, {"lsn": envelope.lsn, "sequence": 0}, meta)
+    prefix = f"snap-{dotted(table)}:"
+    numbered = 0
+    batches = reader.iter_table(table, after, batch_size, condition)
+    try:
+        for batch in batches:
+            ids = [prefix + ":".join(pk) if pk else f"{prefix}#{numbered + i}" for i, (_, pk) in enumerate(batch, 1)]
+            numbered += len(batch)
+            yield encoder.encode([row for row, _ in batch], ids), [pk for _, pk in batch]
+    finally:
+        batches.close()  # waits for a COPY still running on the prefetch thread
+
+
+class TableReader(Protocol):
+    """A reader inside the load's snapshot, as :class:`InitialSnapshot` drives it."""
+
+    def batches(self, table: TableName, after: list[str] | None,
+                condition: str | None) -> Generator[EncodedBatch, None, None]:
+        """``table``'s rows after ``after``, matching ``condition``, encoded, in key order (the
+        generator is closed when the load stops part-way)."""
+        ...
+
+    def close(self) -> None:
+        """End the reader's transaction and connection (and its process, if it has one)."""
+        ...
+
+
+class ThreadReader:
+    """A :class:`TableReader` converting and encoding in this process (on an ``InitialSnapshot``
+    thread)."""
+
+    def __init__(self, reader: SnapshotReader, envelope: Envelope, batch_size: int) -> None:
+        self.reader, self.envelope, self.batch_size = reader, envelope, batch_size
+
+    def batches(self, table: TableName, after: list[str] | None,
+                condition: str | None) -> Generator[EncodedBatch, None, None]:
+        return encoded_batches(self.reader, table, after, self.batch_size, condition, self.envelope)
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 @dataclass
@@ -93,13 +158,10 @@ _Item = Union[_Chunk, BaseException, None]
 class InitialSnapshot:
     """Reads ``tables`` with ``readers`` (module docstring), resuming from ``progress``."""
 
-    def __init__(self, readers: list[SnapshotReader], tables: list[TableName], progress: Progress,
-                 database: str, lsn: str, batch_size: int,
+    def __init__(self, readers: list[TableReader], tables: list[TableName], progress: Progress,
                  conditions: dict[TableName, str] | None = None) -> None:
-        """``tables``: those to read (not the done ones); ``lsn``: the slot's consistent point,
-        the position every SNAPSHOT event carries; ``conditions``: per table, the row filter its
-        rows must match (the publication's ``WHERE``). The readers start at once."""
-        self.database, self.batch_size = database, batch_size
+        """``tables``: those to read (not the done ones); ``conditions``: per table, the row filter
+        its rows must match (the publication's ``WHERE``). The readers start at once."""
         self.progress_state = Progress(list(progress.done), dict(progress.tables))
         self.rows = 0
         self._resume_keys = dict(progress.tables)
@@ -108,8 +170,6 @@ class InitialSnapshot:
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=len(readers) + 1)
         self._stop = threading.Event()
-        self._position = {"lsn": lsn, "sequence": 0}
-        self._timestamp = now_iso()
         self._conditions = conditions or {}
         self._chunk: _Chunk | None = None
         self._offset = 0
@@ -171,7 +231,7 @@ class InitialSnapshot:
 
     # ------------------------------------------------------------------ reader threads
 
-    def _run(self, reader: SnapshotReader) -> None:
+    def _run(self, reader: TableReader) -> None:
         """One reader's thread: tables until none is left, then None (or the error) queued."""
         try:
             while (table := self._take_table()) is not None and not self._stop.is_set():
@@ -185,27 +245,16 @@ class InitialSnapshot:
         with self._lock:
             return self._pending.pop(0) if self._pending else None
 
-    def _read_table(self, reader: SnapshotReader, table: TableName) -> None:
+    def _read_table(self, reader: TableReader, table: TableName) -> None:
         name = dotted(table)
-        after = self._resume_keys.get(name)
-        plan = reader.plan(table)
-        meta: dict[str, Any] = {"database": self.database, "snapshot": True}
-        if plan.key_columns:
-            meta["primary_key"] = list(plan.key_columns)
-        encoder = SnapshotEncoder(*table, self._timestamp, self._position, meta)
-        prefix = f"snap-{name}:"
-        numbered = 0
-        batches = reader.iter_table(table, after, self.batch_size, self._conditions.get(table))
+        batches = reader.batches(table, self._resume_keys.get(name), self._conditions.get(table))
         try:
-            for batch in batches:
+            for events, keys in batches:
                 if self._stop.is_set():
                     return
-                ids = [prefix + ":".join(pk) if pk else f"{prefix}#{numbered + i}" for i, (_, pk) in
-                       enumerate(batch, 1)]
-                numbered += len(batch)
-                self._put(_Chunk(name, encoder.encode([row for row, _ in batch], ids), [pk for _, pk in batch]))
+                self._put(_Chunk(name, events, keys))
         finally:
-            batches.close()  # waits for a COPY still running on the prefetch thread
+            batches.close()
         self._put(_Chunk(name, components.Batch.empty(), [], last=True))
 
     def _put(self, item: _Item) -> None:

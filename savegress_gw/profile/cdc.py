@@ -25,10 +25,10 @@ class SnapshotSettings(Section):
     exit_after: bool = False
     """Stop the gateway once the snapshot is delivered (migration mode); the next start streams."""
     parallel_workers: int = Field(1, ge=1, le=64)
-    """Snapshot readers: connections inside the slot's exported snapshot, each on a thread of the
-    source process, taking the next pending table when free (so up to this many tables are read at
-    once). More readers overlap PostgreSQL's work, not the conversion of rows into events, which
-    stays in the one source process (docs/postgres.md)."""
+    """Snapshot readers: connections inside the slot's exported snapshot, each taking the next
+    pending table when free (so up to this many tables are read at once). 1: the reader runs in
+    the source process; more: each is a process of its own that converts and encodes its rows,
+    beside the source process (docs/postgres.md)."""
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     """Rows fetched per round trip (and most rows per read batch)."""
     interval: PeriodicSnapshotsLater = None

@@ -4,6 +4,8 @@ snapshot under concurrent writes, no gap to the stream, resume after a key, iden
 from __future__ import annotations
 
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -13,12 +15,14 @@ import psycopg2.extras
 import pytest
 
 from savegress_gw.components import Batch
-from savegress_gw.envelope import encode, timestamp_ms
+from savegress_gw.envelope import encode, now_iso, timestamp_ms
 from savegress_gw.postgres.connection import connect_kwargs
 from savegress_gw.postgres.pgoutput import Commit, Delete, Insert, Relation, Update, decode
 from savegress_gw.postgres.snapshot import SnapshotError, SnapshotReader, parse_copy_text
-from savegress_gw.postgres.snapshot_load import InitialSnapshot, Progress
+from savegress_gw.postgres.snapshot_load import Envelope, InitialSnapshot, Progress, ThreadReader
+from savegress_gw.postgres.snapshot_proc import open_process_readers
 from savegress_gw.postgres.types import RowDecoder
+from tests.harness.gateway import alive, wait_for
 from tests.integration.pg_type_cases import SETUP, expected_rows, insert_statements
 
 pytestmark = pytest.mark.timeout(240)
@@ -215,7 +219,8 @@ def test_encoded_snapshot_events_are_the_envelopes_orjson_writes(postgres, pg_da
         "INSERT INTO heap2 VALUES ('h1'), ('h2')")
     tables = [("public", "types"), ("public", 'we"ird'), ("public", "heap2")]
     with SnapshotReader(postgres.dsn(dbname=pg_database), None) as reader:
-        snapshot = InitialSnapshot([reader], tables, Progress(), pg_database, "0/16B3748", 1000)
+        snapshot = InitialSnapshot([ThreadReader(reader, Envelope(pg_database, "0/16B3748", now_iso()), 1000)],
+                                   tables, Progress())
         batches = []
         while not snapshot.finished:
             batches.append(snapshot.read(3, 5.0))
@@ -304,3 +309,53 @@ def test_several_readers_share_one_exported_snapshot(postgres, pg_database, db) 
             reader.close()
     assert [row["v"] for row, _ in a] == list(range(1, 101))
     assert [row["v"] for row, _ in b] == [-g for g in range(1, 51)]
+
+
+def _columns(batches: list) -> list:
+    """Encoded batches without ``ingest_ns`` (the time each was read)."""
+    return [(b.payloads, b.keys, b.ids, b.operations, b.schemas, b.tables, b.timestamps_ms, keys)
+            for b, keys in batches]
+
+
+def test_a_reader_process_sends_the_events_an_in_process_reader_makes(postgres, pg_database, db) -> None:
+    run(db, *SETUP, *insert_statements(), "CREATE TABLE heap2 (v text)", "INSERT INTO heap2 VALUES ('h1'), ('h2')")
+    dsn = postgres.dsn(dbname=pg_database)
+    envelope = Envelope(pg_database, "0/16B3748", now_iso())
+    [process] = open_process_readers(dsn, None, 1, envelope, 3)
+    local = ThreadReader(SnapshotReader(dsn, None), envelope, 3)
+    try:
+        for table in (("public", "types"), ("public", "heap2")):
+            sent = list(process.batches(table, None, None))
+            assert len(sent) > 1 or table[1] == "heap2"
+            assert _columns(sent) == _columns(list(local.batches(table, None, None)))
+        with pytest.raises(SnapshotError, match="public.nope does not exist"):
+            list(process.batches(("public", "nope"), None, None))
+    finally:
+        process.close()
+        local.close()
+
+
+def test_reader_processes_die_with_their_parent_and_leave_no_connection(postgres, pg_database, db) -> None:
+    script = (
+        "import sys, time\n"
+        "from savegress_gw.postgres.snapshot_load import Envelope\n"
+        "from savegress_gw.postgres.snapshot_proc import open_process_readers\n"
+        "readers = open_process_readers(sys.stdin.readline().strip(), None, 2,\n"
+        "                               Envelope('d', '0/1', '2026-11-27T12:00:00.000000Z'), 10)\n"
+        "print(' '.join(str(reader.pid) for reader in readers), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        parent.stdin.write(postgres.dsn(dbname=pg_database) + "\n")
+        parent.stdin.flush()
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        backends = [pid for (pid,) in postgres.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND state = 'idle in transaction'", (pg_database,))]
+        assert len(pids) == len(backends) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_for(lambda: not any(alive(pid) for pid in pids), 10, "the reader processes to die with their parent")
+    wait_for(lambda: not postgres.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (backends,)), 10,
+             "their server backends to end")

@@ -11,11 +11,12 @@ import orjson
 import pytest
 
 from savegress_gw.postgres.snapshot import SnapshotError, TableName
-from savegress_gw.postgres.snapshot_load import InitialSnapshot, Progress
+from savegress_gw.postgres.snapshot_load import Envelope, InitialSnapshot, Progress, ThreadReader
 
 pytestmark = pytest.mark.timeout(60)
 
 A, B, C, D = (("public", name) for name in "abcd")
+ENVELOPE = Envelope("db", "0/1", "2026-11-27T12:00:00.000000Z")
 
 
 class FakeReader:
@@ -44,6 +45,10 @@ class FakeReader:
         return (rows[start:start + batch_size] for start in range(0, len(rows), batch_size))
 
 
+def threads(*readers: FakeReader, batch_size: int) -> list[ThreadReader]:
+    return [ThreadReader(reader, ENVELOPE, batch_size) for reader in readers]  # type: ignore[arg-type]
+
+
 def drain(snapshot: InitialSnapshot, limit: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
     """(events handed out, position's snapshot entry) per non-empty read, until finished."""
     while not snapshot.finished:
@@ -64,8 +69,8 @@ def test_both_position_forms_are_read() -> None:
 def test_each_position_claims_exactly_the_rows_handed_out_up_to_its_batch() -> None:
     data: dict[TableName, list[int] | None] = {A: list(range(1, 23)), B: list(range(1, 11)), C: None, D: []}
     calls: list[tuple[str, Any]] = []
-    snapshot = InitialSnapshot([FakeReader(data, calls) for _ in range(3)], [A, B, C, D], Progress(), "db",
-                               "0/1", batch_size=4)
+    snapshot = InitialSnapshot(threads(*(FakeReader(data, calls) for _ in range(3)), batch_size=4), [A, B, C, D],
+                               Progress())
     handed: dict[str, list[Any]] = {}
     for events, progress in drain(snapshot, 3):
         assert len(events) <= 3
@@ -91,7 +96,7 @@ def test_a_resumed_snapshot_continues_each_table_in_progress_after_its_key_first
     data: dict[TableName, list[int] | None] = {B: list(range(1, 11)), C: [1, 2, 3], D: list(range(1, 6))}
     progress = Progress.from_position({"done": ["public.a"], "tables": {"public.d": ["3"], "public.b": ["8"]}})
     calls: list[tuple[str, Any]] = []
-    snapshot = InitialSnapshot([FakeReader(data, calls)], [B, C, D], progress, "db", "0/1", batch_size=100)
+    snapshot = InitialSnapshot(threads(FakeReader(data, calls), batch_size=100), [B, C, D], progress)
     ids = [event["after"]["id"] for events, _ in drain(snapshot, 100) for event in events]
     assert calls == [("public.b", ["8"]), ("public.d", ["3"]), ("public.c", None)]  # in progress first
     assert ids == [9, 10, 4, 5, 1, 2, 3]
@@ -101,7 +106,7 @@ def test_a_resumed_snapshot_continues_each_table_in_progress_after_its_key_first
 def test_a_readers_error_is_raised_by_read() -> None:
     calls: list[tuple[str, Any]] = []
     reader = FakeReader({D: [1]}, calls, fail=D)
-    snapshot = InitialSnapshot([reader], [D], Progress(), "db", "0/1", batch_size=10)
+    snapshot = InitialSnapshot(threads(reader, batch_size=10), [D], Progress())
     with pytest.raises(SnapshotError, match="reading public.d: boom"):
         list(drain(snapshot, 10))
     snapshot.close()
