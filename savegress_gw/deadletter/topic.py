@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +166,7 @@ class TopicStore:
         low-water mark (cut by a removal, or by retention) are forgotten; a topic found shorter than
         what was read (deleted and created again) is read again from its start."""
         index = self._index
-        self._read_new_markers(index)
+        removed = self._removed()
         for partition, (low, high) in self._ranges().items():
             known = index.entries.setdefault(partition, {})
             start = index.entries_next.get(partition, low)
@@ -178,13 +178,13 @@ class TopicStore:
             start = max(start, low)
             for _, offset, message in self._read(self.topic, {partition: (start, high)}):
                 entry = self._entry(message)
-                if entry is not None and (partition, offset) not in index.removed:
+                if entry is not None and (partition, offset) not in removed:
                     known[offset] = (entry.key, entry.event_id)
             index.entries_next[partition] = max(start, high)
         keys: dict[str, str] = {}
         for partition, known in sorted(index.entries.items()):
             for offset, (key, event_id) in known.items():  # in offset order: read in order, appended
-                if (partition, offset) not in index.removed:
+                if (partition, offset) not in removed:
                     keys.setdefault(key, event_id)
         return keys
 
@@ -233,7 +233,7 @@ class TopicStore:
         cutoff = time.time_ns() // 1_000_000 - int(older_than_seconds * 1000)
         return self.remove([e.id for e in self.entries() if e.parked_ms < cutoff], why="purged")
 
-    def _cut(self, ranges: dict[int, tuple[int, int]], removed: set[tuple[int, int]]) -> None:
+    def _cut(self, ranges: dict[int, tuple[int, int]], removed: AbstractSet[tuple[int, int]]) -> None:
         """Move each partition's low-water mark past its leading removed entries; tombstone their markers."""
         cuts: list[TopicPartition] = []
         below: list[tuple[int, int]] = []
@@ -255,7 +255,7 @@ class TopicStore:
         if below:  # below the low-water mark now: compaction may drop their markers
             self._produce_markers([(f"{p}:{o}".encode(), None) for p, o in below])
 
-    def _first_live(self, partition: int, low: int, high: int, removed: set[tuple[int, int]]) -> int:
+    def _first_live(self, partition: int, low: int, high: int, removed: AbstractSet[tuple[int, int]]) -> int:
         """The offset of the partition's first entry without a marker (``high`` when there is none):
         read, since transaction markers and aborted records lie between entries too."""
         if low >= high or (partition, low) not in removed:
@@ -336,18 +336,10 @@ class TopicStore:
                 if message.offset() >= high - 1:
                     return
 
-    def _removed(self) -> set[tuple[int, int]]:
-        """Entries with a live removal marker."""
-        removed: set[tuple[int, int]] = set()
-        for _, _, message in self._read(self.markers, self._ranges(self.markers)):
-            location = _marker_location(message)
-            if location is None:
-                continue
-            if message.value() is None:
-                removed.discard(location)
-            else:
-                removed.add(location)
-        return removed
+    def _removed(self) -> AbstractSet[tuple[int, int]]:
+        """Entries with a live removal marker (the store's own set: read it, do not change it)."""
+        self._read_new_markers(self._index)
+        return self._index.removed
 
     def _ensure_markers_topic(self) -> None:
         admin = AdminClient(self._conf)

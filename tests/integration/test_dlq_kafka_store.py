@@ -162,7 +162,10 @@ def test_parked_keys_reads_only_what_was_appended_since_it_last_asked(kafka_clus
         assert cli.remove([ids["evt-1"]]) == 1  # orders:1 still has evt-5
         assert holds.parked_keys() == {"orders:1": "evt-5", "orders:2": "evt-2", "orders:3": "evt-3"}
         assert read.count(holds.topic) == 9, "removals are learnt from the markers alone"
+        markers_read = read.count(holds.markers)
+        assert markers_read >= 4
         assert holds.parked_keys() == queue.store(context.profile).parked_keys(), "same as a fresh read"
+        assert (read.count(holds.topic), read.count(holds.markers)) == (9, markers_read)
     finally:
         queue.close()
 
