@@ -102,7 +102,9 @@ class TopicStore:
     """Reads and removes the entries of a Kafka dead-letter topic (see the module docstring).
 
     ``conf`` is the librdkafka connection (bootstrap servers, security); each call opens and
-    closes its own clients, so a store may be used from any thread, one call at a time. Reads see
+    closes its own clients, so a store may be used from any thread, one call at a time. It keeps
+    the removal markers it has read (and, for :meth:`parked_keys`, the entries' keys) and reads
+    on from there at the next call. Reads see
     committed records only, up to the high-water mark at the call: records of transactions still
     open then (exactly-once workers park in transactions) are waited for, at most ``timeout_s``
     without progress, so no committed entry behind an open transaction is missed.
