@@ -15,7 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.harness.gateway import Gateway, wait_for
+from tests.harness.gateway import Gateway, alive, children_of, wait_for
 from tests.harness.pg_source import events, pg_profile, release, start_streaming, wait_events
 from tests.harness.verify import file_sink_events
 
@@ -162,6 +162,18 @@ def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(post
     assert gateway.stop() == 0
 
 
+def _children_named(pid: int, name: str) -> list[int]:
+    """Live children of ``pid`` whose process name (``/proc/<pid>/comm``) is ``name``."""
+    named = []
+    for child in children_of(pid):
+        try:
+            if (Path("/proc") / str(child) / "comm").read_text().strip() == name and alive(child):
+                named.append(child)
+        except OSError:
+            pass
+    return named
+
+
 def _tables_state(found: list[dict[str, Any]]) -> dict[str, Any]:
     """Per table, the state a consumer applying the events in order ends with: rows by ``id``,
     or, for ``audit`` (no key, inserts only), the multiset of its rows."""
@@ -244,6 +256,11 @@ def test_a_parallel_snapshot_killed_half_way_resumes_each_table_after_its_checkp
 
     wait_for(lambda: all(int((in_progress().get(f"public.{t}") or ["0"])[0]) > 5000 for t in big), 180,
              "both big tables to be part-way through in a checkpoint")
+    [source] = _children_named(gateway.pid, "sg-source")
+    readers = _children_named(source, "sg-snap-reader")
+    assert len(readers) == 3
+    os.kill(source, signal.SIGKILL)  # its reader processes must not outlive it
+    wait_for(lambda: not any(alive(pid) for pid in readers), 10, "the reader processes to die with the source")
     os.killpg(gateway.pid, signal.SIGKILL)
     gateway.wait(30)
     progress = json.loads(checkpoint.read_text())["position"]["snapshot"]
