@@ -394,18 +394,17 @@ class PostgresSource(Source):
         filters = {name: f.condition for name, f in self.config.row_filters.items()}
         conditions = {t: c for t in tables if (c := slots.row_filter(filters, *t)) is not None}
         settings = self._snapshot_settings
-        parallel = settings.parallel_workers if settings else 1
-        workers = min(parallel, len(tables))
+        workers = min(settings.parallel_workers if settings else 1, len(tables))
         envelope = Envelope(self.config.database, lsn_to_str(self._reader.end), now_iso())
         readers: list[TableReader]
-        if parallel > 1:  # the conversion in reader processes, beside the source process (docs/postgres.md)
+        if workers > 1:  # tables converted at once, in reader processes beside this one (docs/postgres.md)
             readers = list(open_process_readers(self._dsn(), snapshot_name, workers, envelope, self._batch_size))
         else:
             readers = [ThreadReader(SnapshotReader(self._dsn(), snapshot_name), envelope, self._batch_size)
                        for _ in range(workers)]  # one, or none without tables
         self._snap = InitialSnapshot(readers, tables, progress, conditions)
         self._log.info("initial snapshot", tables=[dotted(t) for t in tables], readers=workers,
-                       reader_processes=parallel > 1, resumed=bool(progress.done or progress.tables),
+                       reader_processes=workers > 1, resumed=bool(progress.done or progress.tables),
                        in_progress=progress.tables, exported_snapshot=snapshot_name)
 
     @property

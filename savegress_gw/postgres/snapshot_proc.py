@@ -138,9 +138,11 @@ def open_process_readers(dsn: str, snapshot_name: str | None, count: int, envelo
             readers.append(ProcessReader(dsn, snapshot_name, envelope, batch_size))
         for reader in readers:
             reader.wait_imported()
-    except BaseException:
+    except BaseException as exc:
         for reader in readers:
             reader.close()
+        if isinstance(exc, OSError):
+            raise SnapshotError(f"cannot start a snapshot reader process: {exc}") from exc
         raise
     return readers
 

@@ -26,9 +26,9 @@ class SnapshotSettings(Section):
     """Stop the gateway once the snapshot is delivered (migration mode); the next start streams."""
     parallel_workers: int = Field(1, ge=1, le=64)
     """Snapshot readers: connections inside the slot's exported snapshot, each taking the next
-    pending table when free (so up to this many tables are read at once). 1: the reader runs in
-    the source process; more: each is a process of its own that converts and encodes its rows,
-    beside the source process (docs/postgres.md)."""
+    pending table when free (so up to this many tables are read at once). One reader runs in the
+    source process; several (this many, at most one per table to read) are each a process of
+    their own that converts and encodes its rows beside the source process (docs/postgres.md)."""
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     """Rows fetched per round trip (and most rows per read batch)."""
     interval: PeriodicSnapshotsLater = None
