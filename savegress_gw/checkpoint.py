@@ -23,6 +23,11 @@ class CheckpointError(GatewayError):
     """The stored checkpoint is unreadable; the message says which file and how to reset."""
 
 
+def checkpoint_path(settings: CheckpointSettings, gateway_id: str) -> Path:
+    """Where the file store keeps gateway ``gateway_id``'s checkpoint."""
+    return Path(settings.directory) / f"{gateway_id}.json"
+
+
 class CheckpointStore:
     """Load and save the source position of one gateway."""
 
@@ -32,7 +37,7 @@ class CheckpointStore:
         self.settings = settings
         self.enabled = settings.enabled and resumable
         self.source_type = source_type
-        self.path = Path(settings.directory) / f"{gateway_id}.json"
+        self.path = checkpoint_path(settings, gateway_id)
         self._memory: dict[str, Any] | None = None
         self.saved_at = time.monotonic()
 

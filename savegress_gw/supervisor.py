@@ -7,10 +7,16 @@ halts the gateway with its reason and exit status 3; a child that keeps crashing
 
 Stopping is ordered so that nothing is lost: the source process stops reading and waits until
 every event it handed out is acknowledged, then the workers drain what is left and exit.
+
+With ``ha.enabled`` the supervisor joins the cluster first and runs the source process and the
+workers only while its node leads (:mod:`savegress_gw.ha`): it starts them when
+:class:`~savegress_gw.ha.leadership.Leadership` says so and SIGKILLs them when leadership is lost.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import queue
 import signal
@@ -23,7 +29,10 @@ from typing import Any
 import multiprocess as mp
 
 from savegress_gw import source_process, worker
+from savegress_gw.checkpoint import checkpoint_path
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
+from savegress_gw.ha.leadership import START, Leadership
+from savegress_gw.ha.raft import RaftNode
 from savegress_gw.metrics import MetricsBlock
 from savegress_gw.plugins import GatewayPluginManager, Registry
 from savegress_gw.profile.model import ProfileBase, Validated
@@ -77,6 +86,9 @@ class Supervisor:
             Child(f"worker-{i}", i + 1, worker.main, index=i) for i in range(gateway.workers)
         ]
         self.status = StatusServer(profile, self.metrics, self.children) if profile.metrics.enabled else None
+        self.leadership: Leadership | None = None
+        self.running = False
+        """The source process and the workers are up (always, unless ``ha.enabled`` and not leading)."""
 
     def _ring_bytes(self) -> int:
         gateway, pool = self.profile.gateway, self.profile.buffer.pool
@@ -101,26 +113,71 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda sig, frame: self.signals.put_nowait(sig))
         try:
-            self.rings = [Ring.create(f"sg-{os.getpid()}-{i}-{os.urandom(3).hex()}", self._ring_bytes())
-                          for i in range(self.profile.gateway.workers)]
             if self.status is not None:
                 self.status.start()
-            self.log.info("gateway starting", workers=len(self.rings), source=self.profile.source.type,
-                          output=self.profile.output.type, metrics=self.status.url if self.status else None)
-            for child in self.children:
-                self.spawn(child)
+            self.log.info("gateway starting", workers=self.profile.gateway.workers, source=self.profile.source.type,
+                          output=self.profile.output.type, metrics=self.status.url if self.status else None,
+                          ha=self.profile.ha.enabled)
+            if self.profile.ha.enabled:
+                self.leadership = self._join_cluster()
+            else:
+                self.start_pipeline()
             while self.alive:
                 wait([c.process.sentinel for c in self.children if c.process], timeout=0.25)
                 self.handle_signals()
                 self.handle_messages()
                 self.reap_children()
                 self.murder_stale()
+                self.follow_leadership()
         except HaltSupervisor as halt:
             self.log.error("gateway halted", reason=halt.reason)
             self.exit_status = halt.exit_status
         finally:
             self.stop()
         return self.exit_status
+
+    def start_pipeline(self) -> None:
+        """Create the rings and start the source process and the workers."""
+        self.rings = [Ring.create(f"sg-{os.getpid()}-{i}-{os.urandom(3).hex()}", self._ring_bytes())
+                      for i in range(self.profile.gateway.workers)]
+        for child in self.children:
+            self.spawn(child)
+        self.running = True
+
+    def kill_pipeline(self) -> None:
+        """SIGKILL the source process and the workers at once (a leader that lost the cluster must not
+        deliver more) and drop the rings; the next leader replays from the replicated checkpoint."""
+        for child in self.children:
+            if child.process is not None:
+                child.process.kill()
+        for child in self.children:
+            if child.process is not None:
+                child.process.join()
+                child.process, child.ready = None, False
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+        self.running = False
+
+    def follow_leadership(self) -> None:
+        """With ``ha.enabled``: start the pipeline when this node takes the lead, kill it when it loses it."""
+        if self.leadership is None:
+            return
+        action = self.leadership.tick(self.running)
+        if action == START:
+            self.start_pipeline()
+        elif action is not None:
+            self.kill_pipeline()
+
+    def _join_cluster(self) -> Leadership:
+        cluster, profile = self.profile.ha.cluster, self.profile
+        node = RaftNode(cluster)
+        self.log.info("joined the HA cluster; the pipeline runs on the leader only", node=node.name,
+                      address=node.address)
+        identity = {k: v for k, v in self.profile_data.items() if k not in ("ha", "metrics", "logging")}
+        profile_hash = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return Leadership(node, checkpoint_path(profile.checkpoint, profile.gateway.id), profile_hash,
+                          cluster.election_timeout, self.log.bind(component="ha"))
 
     def spawn(self, child: Child) -> None:
         args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,
@@ -151,7 +208,7 @@ class Supervisor:
             if kind == "boot_error":
                 raise HaltSupervisor(f"{name} failed to start: {text}", EXIT_WORKER_BOOT_ERROR)
             if kind == "ready":
-                child.ready = True
+                child.ready = child.process is not None  # not a pipeline killed since (ha)
             elif kind == "finished":
                 self.log.info("source finished, stopping", detail=text)
                 self.alive = False
@@ -210,6 +267,10 @@ class Supervisor:
         self._terminate(workers, graceful + 5)
         for ring in self.rings:
             ring.close()
+        if self.leadership is not None:
+            if self.running and not self.leadership.flush():
+                self.log.warning("the last checkpoint was not replicated; the next leader replays from the one before")
+            self.leadership.node.close()
         if self.status is not None:
             self.status.stop()
         totals = {name: int(value) for name, value in self.metrics.counter_totals().items() if value}

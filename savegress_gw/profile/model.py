@@ -19,7 +19,8 @@ from savegress_gw.components import Component
 from savegress_gw.errors import ProfileError
 from savegress_gw.exactly_once.validation import exactly_once_problems
 from savegress_gw.plugins import Registry
-from savegress_gw.profile import cdc
+from savegress_gw.ha.validation import ha_problems
+from savegress_gw.profile import cdc, ha
 from savegress_gw.profile import settings as s
 
 
@@ -83,6 +84,7 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
     "exactly_once": s.ExactlyOnceSettings,
     "checkpoint": s.CheckpointSettings,
     "snapshot": cdc.SnapshotSettings,
+    "ha": ha.HaSettings,
     "schema": cdc.SchemaSettings,
     "logging": s.LoggingSettings,
     "metrics": s.MetricsSettings,
@@ -91,8 +93,7 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
 NOT_YET_SECTIONS = {
     "pitr": "point-in-time recovery",
     "storage": "backup storage backends",
-    "ha": "HA cluster",
-    "cluster": "HA cluster",
+    "cluster": "the top-level cluster section; set ha.cluster",
     "multi_region": "multi-region replication",
     "tracing": "OpenTelemetry tracing",
     "sla": "SLA monitoring",
@@ -237,7 +238,7 @@ def _cross_checks(profile: ProfileBase, registry: Registry) -> list[str]:
             section = profile.section_of(spec.kind)
             config = cls.Config.model_validate({f: getattr(section, f) for f in cls.Config.model_fields})
             problems.extend(cls.check_profile(config, profile))
-    return problems + exactly_once_problems(profile, registry)
+    return problems + exactly_once_problems(profile, registry) + ha_problems(profile)
 
 
 def _select(spec: PluginSection, data: dict[str, Any], registry: Registry, problems: list[str],

@@ -16,6 +16,15 @@ PROFILES = sorted((ROOT / "config" / "profiles").glob("*.yaml"))
 QUICKSTART = ROOT / "config" / "quickstart.yaml"
 SHIPPED = PROFILES + [QUICKSTART]
 FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "quickstart"}
+NEEDS_PIPELINE = {
+    # exactly-once into Kafka on a 3-node HA cluster: valid once a pipeline file names the Kafka output
+    # and this node's cluster addresses
+    "enterprise-streaming": """
+source: {type: generator}
+output: {type: kafka, brokers: ["kafka1:9092"], topic: orders}
+ha: {cluster: {bind_address: "0.0.0.0:7000", advertise_address: "gw1:7000", peers: ["gw2:7000", "gw3:7000"]}}
+""",
+}
 GUIDE = ROOT.parent / "shared" / "spec" / "optimization-guide.md"
 
 
@@ -33,7 +42,8 @@ def test_the_expected_profiles_are_shipped() -> None:
     assert resolve_profile_path("low-latency") == ROOT / "config" / "profiles" / "low-latency.yaml"
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in NEEDS_PIPELINE],
+                         ids=[p.stem for p in SHIPPED if p.stem not in NEEDS_PIPELINE])
 def test_shipped_profile_validates_or_fails_only_as_not_implemented(path: Path, registry) -> None:
     try:
         validated = load_profile([path], registry, env={})
@@ -44,6 +54,17 @@ def test_shipped_profile_validates_or_fails_only_as_not_implemented(path: Path, 
         assert unexpected == []
     else:
         assert validated.profile is not None
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_PIPELINE))
+def test_profiles_that_need_a_pipeline_file_validate_with_one(name: str, registry, tmp_path: Path) -> None:
+    path = ROOT / "config" / "profiles" / f"{name}.yaml"
+    with pytest.raises(ProfileError):
+        load_profile([path], registry, env={})
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(NEEDS_PIPELINE[name])
+    validated = load_profile([path, pipeline], registry, env={})
+    assert validated.warnings == []
 
 
 @pytest.mark.parametrize("name", sorted(FULLY_VALID))

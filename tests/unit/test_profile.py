@@ -309,7 +309,9 @@ def test_known_but_unbuilt_components_are_not_implemented_yet(tmp_path: Path) ->
         ("backpressure:\n  strategy: weighted_fair\n", "not implemented yet: backpressure.strategy: weighted_fair"),
         ("parallel:\n  transaction_parallelism: 8\n", "not implemented yet: parallel.transaction_parallelism "),
         ("dlq:\n  enabled: false\nsnapshot:\n  enabled: true\n  interval: 1h\n", "not implemented yet: snapshot.interval "),
-        ("ha:\n  enabled: true\n", "not implemented yet: ha "),
+        ("ha:\n  enabled: true\n  mode: active-active\n  cluster:\n    bind_address: h:1\n    peers: [g:1]\n",
+         "not implemented yet: ha.mode: active-active "),
+        ("cluster:\n  enabled: true\n", "not implemented yet: cluster "),
     ],
 )
 def test_not_implemented_yet_names_the_path(tmp_path: Path, text: str, prefix: str) -> None:

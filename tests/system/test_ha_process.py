@@ -1,0 +1,105 @@
+"""HA: three gateway nodes in a Raft cluster on 127.0.0.1, the leader runs the pipeline.
+
+The leader's whole process tree is SIGKILLed mid-stream (a machine failure): another node takes
+over, resumes from the checkpoint the cluster replicated and finishes the stream. Every event is
+then in some node's output (at least once), and the new leader did not start over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.harness.gateway import Gateway, free_port, wait_for
+from tests.harness.verify import file_sink_events, verify_sequences
+
+pytestmark = pytest.mark.slow
+
+
+def node_profile(workdir: Path, index: int, ports: list[int], count: int, rate: int) -> dict[str, Any]:
+    (workdir / "out").mkdir(parents=True, exist_ok=True)
+    return {
+        "gateway": {"id": "ha-gw", "workers": 1, "graceful_timeout": "20s"},
+        "source": {"type": "generator", "count": count, "rate": rate, "row_size": 200},
+        "output": {"type": "file", "path": str(workdir / "out" / "events.jsonl")},
+        "batching": {"max_size": 500, "max_wait": "20ms"},
+        "checkpoint": {"interval": "200ms"},
+        "ha": {"enabled": True, "cluster": {
+            "node_id": f"node-{index}", "bind_address": f"127.0.0.1:{ports[index]}", "nodes": len(ports),
+            "peers": [f"127.0.0.1:{port}" for port in ports], "election_timeout": "1s"}},
+    }
+
+
+def written(node: Gateway) -> list[int]:
+    return [event["after"]["seq"] for event in file_sink_events(node.workdir / "out" / "events.jsonl")]
+
+
+def leading(nodes: list[Gateway], delivered: dict[Gateway, int]) -> Gateway | None:
+    """The running node whose output grew by more than 2,000 events since ``delivered``."""
+    for node in nodes:
+        if node.process.poll() is None and len(written(node)) > delivered.get(node, 0) + 2_000:
+            return node
+    return None
+
+
+def ready(node: Gateway) -> int:
+    return requests.get(node.url("/health/ready"), timeout=5).status_code
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_of_the_leader_moves_the_pipeline_to_another_node_which_resumes(tmp_path: Path) -> None:
+    run_cluster(tmp_path, count=40_000, rate=4_000, leader_kills=1)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_soak_ten_leader_kills_with_the_killed_nodes_restarted(tmp_path: Path) -> None:
+    run_cluster(tmp_path, count=300_000, rate=4_000, leader_kills=10)
+
+
+def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> None:
+    """Three nodes; SIGKILL the leader's process tree ``leader_kills`` times (restarting a killed
+    node each time after the first, so a majority stays up); then every event must be in some node's
+    output, and each new leader must have resumed instead of starting over."""
+    ports = [free_port() for _ in range(3)]
+    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
+             for i in range(3)]
+    delivered: dict[Gateway, int] = {}
+    replayed_from: list[int] = []
+    try:
+        leader = wait_for(lambda: leading(nodes, delivered), 60, "one node to lead and deliver")
+        assert [written(n) for n in nodes if n is not leader] == [[], []], "a node that does not lead delivered"
+        assert (ready(leader), *(ready(n) for n in nodes if n is not leader)) == (200, 503, 503)
+        for kill in range(leader_kills):
+            delivered = {n: len(written(n)) for n in nodes}
+            os.killpg(leader.pid, signal.SIGKILL)
+            leader.wait(10)
+            if kill:  # bring the node killed before back, so two of three are up again
+                down = next(n for n in nodes if n is not leader and n.process.poll() is not None)
+                down.start()
+            successor = wait_for(lambda: leading(nodes, delivered), 60, f"a new leader after kill {kill + 1}")
+            replayed_from.append(min(written(successor)[delivered[successor]:]))
+            leader = successor
+        finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), 600,
+                            "the leader to finish the stream")
+        for node in nodes:
+            if node is not finished and node.process.poll() is None:
+                assert node.stop() == 0, node.stderr()
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+
+    everything = [seq for node in nodes for seq in written(node)]
+    verdict = verify_sequences(everything, count)
+    print(f"{leader_kills} leader SIGKILLs; new leaders resumed at {replayed_from}: {verdict}")
+    assert verdict.missing == [], str(verdict)
+    assert all(first > 1 for first in replayed_from), "a new leader started over instead of resuming"
+    assert verdict.duplicates < count // 4, "new leaders replayed far more than since the last checkpoint"
+    log = finished.stderr()
+    assert "this node leads the cluster: starting the pipeline" in log and '"checkpoint": "replicated"' in log, log
