@@ -69,8 +69,11 @@ class Pipeline:
     def __init__(self, ring: Ring, sink: Sink, batcher: Batcher, limiter: Limiter | None, retry: RetrySettings,
                  metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
                  origin: str = "", breaker: CircuitBreaker | None = None,
-                 event_deadline: float | None = None, holds: KeyHolds | None = None) -> None:
+                 event_deadline: float | None = None, holds: KeyHolds | None = None,
+                 max_in_flight: int | None = None) -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
+        self.max_in_flight = max_in_flight
+        """Most sends handed to the sink and not yet settled (``parallel.transaction_parallelism``); None: no bound."""
         self.retry_settings, self.metrics, self.log = retry, metrics, log
         self.dlq, self.origin, self.breaker, self.holds = dlq, origin, breaker, holds
         self.event_deadline_ns = None if event_deadline is None else int(event_deadline * 1e9)
@@ -131,7 +134,7 @@ class Pipeline:
 
     def _send_new(self, now: float, force: bool) -> bool:
         worked = False
-        while not self._failure_reported() and self._breaker_allows(now):
+        while self._room_in_flight() and not self._failure_reported() and self._breaker_allows(now):
             batch = self._held or self.batcher.take(now, force=force)
             if batch is None:
                 return worked
@@ -188,10 +191,14 @@ class Pipeline:
         """Re-send failed batches in stream order; a later one never goes before an earlier one."""
         self._retries.sort(key=lambda send: send.start)
         sent = 0
-        while self._retries and self._retries[0].due <= now and self._breaker_allows(now):
+        while self._retries and self._retries[0].due <= now and self._room_in_flight() and self._breaker_allows(now):
             self._dispatch(self._retries.pop(0), now)
             sent += 1
         return bool(sent)
+
+    def _room_in_flight(self) -> bool:
+        """Fewer sends than ``max_in_flight`` are with the sink (one that reported is no longer)."""
+        return self.max_in_flight is None or self._inflight - len(self._outcomes) < self.max_in_flight
 
     def _breaker_allows(self, now: float) -> bool:
         if self.breaker is None:

@@ -128,7 +128,7 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
     pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, retry, runtime.metrics,
                         log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}",
                         breaker=CircuitBreaker(profile.circuit_breaker), event_deadline=_event_deadline(runtime),
-                        holds=_holds(profile, dlq, log))
+                        holds=_holds(profile, dlq, log), max_in_flight=profile.parallel.transaction_parallelism)
     return pipeline, opened
 
 

@@ -43,7 +43,6 @@ def not_yet(feature: str) -> Any:
 
 
 # Keys of the configuration surface whose features are not built yet.
-TransactionParallelApplyLater = not_yet("transaction-parallel apply, with the database sources")
 LogRotationLater = not_yet("log rotation")
 CompressorPoolsLater = not_yet("compressor pools; compression runs in every worker process")
 PerTableCompressionLater = not_yet("per-table compression")
@@ -164,7 +163,10 @@ class PrioritySettings(Section):
 class ParallelSettings(Section):
     table_parallelism: int = Field(8, ge=1, le=1024)
     """Lanes: events are spread over lanes by table and primary key (order holds per key)."""
-    transaction_parallelism: TransactionParallelApplyLater = None
+    transaction_parallelism: int | None = Field(None, ge=1, le=4096)
+    """Sends (batches) each worker keeps in flight to the sink at once, each the destination's unit of
+    commit: a batch of Kafka records awaiting their acknowledgements, a webhook request. Unset: as many
+    as the buffer holds. With ``exactly_once`` each worker commits one Kafka transaction at a time."""
     priority: PrioritySettings = PrioritySettings()
 
 

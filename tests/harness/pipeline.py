@@ -106,12 +106,14 @@ class World:
 
     def __init__(self, sink: MemorySink, max_size: int = 4, max_wait: float = 60.0,
                  limiter: Limiter | None = None, dlq: DeadLetterQueue | None = None,
-                 retry: RetrySettings = RETRY, holds: KeyHolds | None = None) -> None:
+                 retry: RetrySettings = RETRY, holds: KeyHolds | None = None,
+                 max_in_flight: int | None = None) -> None:
         self.ring = Ring.create(f"sgw-test-{uuid.uuid4().hex[:12]}", 1 << 16)
         self.sink = sink
         self.block = MetricsBlock(1)
         self.pipeline = Pipeline(self.ring, sink, Batcher(max_size, max_wait), limiter, retry, self.block.row(0),
-                                 structlog.get_logger(), dlq, origin="gw/worker-0", holds=holds)
+                                 structlog.get_logger(), dlq, origin="gw/worker-0", holds=holds,
+                                 max_in_flight=max_in_flight)
         self.frame_ends: list[int] = []
         self.written = 0
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "config" / "profiles").glob("*.yaml"))
 QUICKSTART = ROOT / "config" / "quickstart.yaml"
 SHIPPED = PROFILES + [QUICKSTART]
-FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "quickstart"}
+FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "batch", "quickstart"}
 NEEDS_PIPELINE = {
     # exactly-once into Kafka on a 3-node HA cluster: valid once a pipeline file names the Kafka output
     # and this node's cluster addresses
@@ -24,6 +24,11 @@ source: {type: generator}
 output: {type: kafka, brokers: ["kafka1:9092"], topic: orders}
 ha: {cluster: {bind_address: "0.0.0.0:7000", advertise_address: "gw1:7000", peers: ["gw2:7000", "gw3:7000"]}}
 """,
+}
+REFUSED_WITH_A_PIPELINE = {
+    # exactly-once and priority classes contradict each other: the one problem left with a pipeline file
+    "high-volume": (NEEDS_PIPELINE["enterprise-streaming"],
+                    "backpressure.strategy: priorities reorder events between read batches"),
 }
 GUIDE = ROOT.parent / "shared" / "spec" / "optimization-guide.md"
 
@@ -42,8 +47,10 @@ def test_the_expected_profiles_are_shipped() -> None:
     assert resolve_profile_path("low-latency") == ROOT / "config" / "profiles" / "low-latency.yaml"
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in NEEDS_PIPELINE],
-                         ids=[p.stem for p in SHIPPED if p.stem not in NEEDS_PIPELINE])
+ALONE = [p for p in SHIPPED if p.stem not in NEEDS_PIPELINE and p.stem not in REFUSED_WITH_A_PIPELINE]
+
+
+@pytest.mark.parametrize("path", ALONE, ids=[p.stem for p in ALONE])
 def test_shipped_profile_validates_or_fails_only_as_not_implemented(path: Path, registry) -> None:
     try:
         validated = load_profile([path], registry, env={})
@@ -65,6 +72,17 @@ def test_profiles_that_need_a_pipeline_file_validate_with_one(name: str, registr
     pipeline.write_text(NEEDS_PIPELINE[name])
     validated = load_profile([path, pipeline], registry, env={})
     assert validated.warnings == []
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_WITH_A_PIPELINE))
+def test_profiles_refused_even_with_a_pipeline_say_why(name: str, registry, tmp_path: Path) -> None:
+    pipeline_text, reason = REFUSED_WITH_A_PIPELINE[name]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(pipeline_text)
+    with pytest.raises(ProfileError) as info:
+        load_profile([ROOT / "config" / "profiles" / f"{name}.yaml", pipeline], registry, env={})
+    (problem,) = info.value.problems
+    assert problem.startswith(reason)
 
 
 @pytest.mark.parametrize("name", sorted(FULLY_VALID))

@@ -66,6 +66,30 @@ def test_frames_are_acknowledged_only_when_every_event_in_them_is_delivered(make
     assert world.metric("events_processed_total") == 12
 
 
+def test_transaction_parallelism_bounds_the_sends_in_flight(make_world) -> None:
+    sink = MemorySink(script={2: errored()}, asynchronous=True)
+    world = make_world(sink, max_in_flight=2)
+    for _ in range(4):
+        world.write(4)  # batches of 4: [0-3] [4-7] [8-11] [12-15]
+    world.step(1.0)
+    assert sink.sends == [ids(0, 4), ids(4, 8)], "two in flight, the others wait"
+    sink.complete(0)
+    world.step(1.0)
+    assert sink.sends[2:] == [ids(8, 12)]
+    sink.complete(0)  # [4-7] failed: its retry waits for room too, newer batches wait behind it
+    world.step(1.0)
+    assert len(sink.sends) == 3
+    world.step(2.0)
+    assert sink.sends[3:] == [ids(4, 8)], "the retry goes first once there is room"
+    sink.complete(0)
+    world.step(3.0)
+    assert sink.sends[4:] == [ids(12, 16)]
+    while sink.pending:
+        sink.complete(0)
+    world.run_until_settled()
+    assert sorted(sink.delivered) == sorted(ids(0, 16))
+
+
 def test_sends_completing_out_of_order_still_acknowledge_in_order(make_world) -> None:
     sink = MemorySink(asynchronous=True, auto="lifo")
     world = make_world(sink, max_size=2)

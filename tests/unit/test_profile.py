@@ -307,7 +307,6 @@ def test_known_but_unbuilt_components_are_not_implemented_yet(tmp_path: Path) ->
         ("dlq:\n  enabled: true\n  max_retries: 5\n", "not implemented yet: dlq.type: file"),
         ("pitr:\n  enabled: true\n", "not implemented yet: pitr "),
         ("backpressure:\n  strategy: weighted_fair\n", "not implemented yet: backpressure.strategy: weighted_fair"),
-        ("parallel:\n  transaction_parallelism: 8\n", "not implemented yet: parallel.transaction_parallelism "),
         ("dlq:\n  enabled: false\nsnapshot:\n  enabled: true\n  interval: 1h\n", "not implemented yet: snapshot.interval "),
         ("ha:\n  enabled: true\n  mode: active-active\n  cluster:\n    bind_address: h:1\n    peers: [g:1]\n",
          "not implemented yet: ha.mode: active-active "),
@@ -325,12 +324,12 @@ def test_not_implemented_problems_are_all_listed_together(tmp_path: Path) -> Non
         dlq: {enabled: true}
         pitr: {enabled: true}
         backpressure: {strategy: weighted_fair}
-        parallel: {transaction_parallelism: 8}
+        storage: {type: s3}
     """)
     found = problems(path)
     assert len(found) == 4
     assert all(p.startswith("not implemented yet: ") for p in found)
-    for key in ("dlq", "pitr", "backpressure.strategy", "parallel.transaction_parallelism"):
+    for key in ("dlq", "pitr", "backpressure.strategy", "storage"):
         assert any(p.startswith(f"not implemented yet: {key}") for p in found), key
 
 
