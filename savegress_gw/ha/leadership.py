@@ -70,8 +70,10 @@ class Leadership:
                 self._seen_leader = self.node.leader
                 self.log.info("standing by", node=self.node.name, leader=self._seen_leader or "(electing)")
             return False
-        previous = self.node.get(_PROFILE)
-        if not self._commit_lease(time.monotonic()) or not self.node.put(_PROFILE, self.profile_hash, self.timeout):
+        if not self._commit_lease(time.monotonic()):
+            return False
+        previous = self.node.get(_PROFILE)  # read after a commit of this term: every earlier entry is applied
+        if not self.node.put(_PROFILE, self.profile_hash, self.timeout):
             return False
         if previous not in (None, self.profile_hash):
             self.log.warning("the previous leader ran another profile (profile hashes differ): every node should "
