@@ -79,15 +79,25 @@ def batch_of(events: list[dict[str, Any]]) -> Batch:
     return encode([normalize(event, "test") for event in events], time.time_ns())
 
 
+def dead_letter_queue(cluster: Any, gateway: str, topic: str, partitions: int) -> tuple[Any, Any]:
+    """The Kafka dead-letter queue of a Kafka output to ``topic`` (built, open) and its context."""
+    data = {"gateway": {"id": gateway},
+            "output": {"type": "kafka", "brokers": brokers(cluster), "topic": topic,
+                       "topics": {"partitions": partitions}},
+            "dlq": {"enabled": True, "timeout": "10s"}}
+    return build("dlq", data, *PLUGINS)
+
+
+def order_updates(numbers: range, keys: int) -> list[dict[str, Any]]:
+    """UPDATE events ``evt-<n>`` of table sales.orders, with ``keys`` primary keys in turn."""
+    return [{"id": f"evt-{i}", "schema": "sales", "table": "orders", "operation": "UPDATE",
+             "after": {"id": i % keys}} for i in numbers]
+
+
 def test_entries_are_read_with_their_headers_and_removed_with_markers_and_delete_records(kafka_cluster: Any) -> None:
     topic = unique("orders")
-    data = {"gateway": {"id": "gw-s"},
-            "output": {"type": "kafka", "brokers": brokers(kafka_cluster), "topic": topic,
-                       "topics": {"partitions": 1}},
-            "dlq": {"enabled": True, "timeout": "10s"}}
-    queue, context = build("dlq", data, *PLUGINS)
-    events = [{"id": f"evt-{i}", "schema": "sales", "table": "orders", "operation": "UPDATE",
-               "after": {"id": i % 3}} for i in range(6)]
+    queue, context = dead_letter_queue(kafka_cluster, "gw-s", topic, partitions=1)
+    events = order_updates(range(6), keys=3)
     reason = "MSG_SIZE_TOO_LARGE: Broker: Message size too large"
     try:
         queue.put(batch_of(events), reason, 4, "gw-s/worker-1")
@@ -132,17 +142,11 @@ def test_entries_are_read_with_their_headers_and_removed_with_markers_and_delete
 
 def test_parked_keys_reads_only_what_was_appended_since_it_last_asked(kafka_cluster: Any,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    topic = unique("orders")
-    data = {"gateway": {"id": "gw-k"},
-            "output": {"type": "kafka", "brokers": brokers(kafka_cluster), "topic": topic,
-                       "topics": {"partitions": 2}},
-            "dlq": {"enabled": True, "timeout": "10s"}}
-    queue, context = build("dlq", data, *PLUGINS)
+    queue, context = dead_letter_queue(kafka_cluster, "gw-k", unique("orders"), partitions=2)
 
     def park(first: int, count: int) -> None:
-        events = [{"id": f"evt-{i}", "schema": "sales", "table": "orders", "operation": "UPDATE",
-                   "after": {"id": i % 4}} for i in range(first, first + count)]
-        queue.put(batch_of(events), "MSG_SIZE_TOO_LARGE: too large", 1, "gw-k/worker-0")
+        queue.put(batch_of(order_updates(range(first, first + count), keys=4)), "MSG_SIZE_TOO_LARGE: too large",
+                  1, "gw-k/worker-0")
 
     holds = queue.store(context.profile)  # what a worker keeps asking
     read: list[str] = []
