@@ -136,6 +136,47 @@ def test_exit_after_stops_once_the_snapshot_is_delivered_and_the_next_start_stre
     assert gateway.stop() == 0
 
 
+def _stored_position(checkpoint: Path) -> dict[str, Any]:
+    """The position in the checkpoint file (``{}`` before the first). The gateway replaces the
+    file atomically, so it can be read while the gateway runs, unlike the sink, whose last line
+    may be half-written."""
+    return json.loads(checkpoint.read_text())["position"] if checkpoint.exists() else {}
+
+
+def _checkpointed_key(checkpoint: Path, table: str) -> int:
+    """The last key of ``table`` (an int key) the checkpoint claims as delivered while the
+    snapshot reads it (0 before that)."""
+    key = _stored_position(checkpoint).get("snapshot", {}).get("tables", {}).get(table)
+    return int(key[0]) if key else 0
+
+
+def _snapshot_delivered(checkpoint: Path) -> bool:
+    """A checkpoint past the end of the snapshot: every SNAPSHOT row is in the sink, acknowledged,
+    so (with no writes to the database) the sink is no longer written."""
+    position = _stored_position(checkpoint)
+    return bool(position) and "snapshot" not in position
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """``ids`` as runs of consecutive values, ``[1, 2, 3, 2, 3]`` → ``[(1, 3), (2, 3)]``: short
+    enough to compare and to show when they differ."""
+    runs: list[tuple[int, int]] = []
+    for value in ids:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], value)
+        else:
+            runs.append((value, value))
+    return runs
+
+
+def _resumed_runs(delivered: int, rows: int, key: int) -> list[tuple[int, int]]:
+    """The runs (:func:`_runs`) of the ``delivered`` rows of a table keyed ``1..rows`` that a first
+    run read in key order until killed with ``key`` checkpointed, and a restart read after ``key``:
+    what the first run delivered after ``key`` comes twice, nothing else."""
+    first_run = delivered - (rows - key)
+    return _runs([*range(1, first_run + 1), *range(key + 1, rows + 1)])
+
+
 def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(postgres, db: str,
                                                                            tmp_path: Path) -> None:
     postgres.execute("CREATE TABLE done_first (id int PRIMARY KEY)", dbname=db)
@@ -146,18 +187,23 @@ def test_a_snapshot_killed_half_way_resumes_after_the_last_checkpointed_row(post
                          checkpoint={"interval": "200ms"})
     gateway = Gateway(tmp_path, profile).start()
     checkpoint = tmp_path / "checkpoints" / "pgtest.json"
-    wait_for(lambda: checkpoint.exists() and '"public.big": [' in checkpoint.read_text()
-             and len(events(tmp_path)) > 20_000, 180, "the snapshot to be part-way through table big")
+    # Progress from the checkpoint, not the sink: parsing the growing sink takes long enough for the
+    # snapshot to get near its end (or past it) before the kill, and may meet a half-written line.
+    wait_for(lambda: _checkpointed_key(checkpoint, "public.big") >= 20_000, 180,
+             "a checkpoint part-way through table big")
     os.killpg(gateway.pid, signal.SIGKILL)
     gateway.wait(30)
+    key = _checkpointed_key(checkpoint, "public.big")
+    assert key >= 20_000, "table big was no longer in progress in the checkpoint at the kill"
     release(postgres, db)
     gateway = start_streaming(postgres, db, tmp_path, profile)
-    found = wait_events(tmp_path, lambda e: len({x["after"]["id"] for x in e if x["table"] == "big"}) == 300000,
-                        timeout=300, what="every row of big")
-    big = [e for e in found if e["table"] == "big"]
-    assert sorted({e["after"]["id"] for e in big}) == list(range(1, 300001))
+    wait_for(lambda: _snapshot_delivered(checkpoint), 300, "a checkpoint past the end of the resumed snapshot")
+    found = events(tmp_path)
+    big = [e["after"]["id"] for e in found if e["table"] == "big"]
+    assert sorted(set(big)) == list(range(1, 300001))
+    assert _runs(big) == _resumed_runs(len(big), 300000, key), \
+        f"not resumed right after the checkpointed key {key} (started over?)"
     assert sorted(e["after"]["id"] for e in found if e["table"] == "done_first") == list(range(1, 101))
-    assert len(big) < 300000 + 50_000, "the snapshot started over instead of resuming"
     assert '"resumed": true' in gateway.stderr()
     assert gateway.stop() == 0
 
@@ -249,12 +295,7 @@ def test_a_parallel_snapshot_killed_half_way_resumes_each_table_after_its_checkp
                          checkpoint={"interval": "200ms"})
     gateway = Gateway(tmp_path, profile).start()
     checkpoint = tmp_path / "checkpoints" / "pgtest.json"
-
-    def in_progress() -> dict[str, Any]:
-        text = checkpoint.read_text() if checkpoint.exists() else "{}"
-        return json.loads(text).get("position", {}).get("snapshot", {}).get("tables", {}) if text else {}
-
-    wait_for(lambda: all(int((in_progress().get(f"public.{t}") or ["0"])[0]) > 5000 for t in big), 180,
+    wait_for(lambda: all(_checkpointed_key(checkpoint, f"public.{t}") > 5000 for t in big), 180,
              "both big tables to be part-way through in a checkpoint")
     [source] = _children_named(gateway.pid, "sg-source")
     readers = _children_named(source, "sg-snap-reader")
@@ -263,12 +304,12 @@ def test_a_parallel_snapshot_killed_half_way_resumes_each_table_after_its_checkp
     wait_for(lambda: not any(alive(pid) for pid in readers), 10, "the reader processes to die with the source")
     os.killpg(gateway.pid, signal.SIGKILL)
     gateway.wait(30)
-    progress = json.loads(checkpoint.read_text())["position"]["snapshot"]
+    progress = _stored_position(checkpoint)["snapshot"]
     first_run = len(file_sink_events(tmp_path / "out" / "events.jsonl"))
     release(postgres, db)
     gateway = start_streaming(postgres, db, tmp_path, profile)
-    found = wait_events(tmp_path, lambda e: all(len({x["after"]["id"] for x in e if x["table"] == t}) == n
-                                                for t, n in big.items()), timeout=300, what="every row of big1, big2")
+    wait_for(lambda: _snapshot_delivered(checkpoint), 300, "a checkpoint past the end of the resumed snapshot")
+    found = events(tmp_path)
     for table, rows in big.items():
         assert sorted({e["after"]["id"] for e in found if e["table"] == table}) == list(range(1, rows + 1))
         again = [e["after"]["id"] for e in found[first_run:] if e["table"] == table]
