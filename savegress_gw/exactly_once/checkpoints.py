@@ -91,22 +91,42 @@ def read_checkpoints(conf: dict[str, Any], topic: str, timeout_s: float, log: An
             "enable.partition.eof": True, "auto.offset.reset": "earliest"}
     marks = Consumer({**base, "isolation.level": "read_uncommitted"})
     try:
-        partitions = _partitions(marks, topic, timeout_s)
-        if partitions is None:
-            return {}
-        ends = {p: marks.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
-                for p in partitions}
-    except KafkaException as exc:
-        raise CheckpointTopicError(f"checkpoint topic {topic!r}: cannot read its end offsets: {describe(exc)}") from None
+        ends = _end_offsets(marks, topic, timeout_s)
     finally:
         marks.close()
-    if not any(ends.values()):
+    if ends is None or not any(ends.values()):
         return {}
     reader = Consumer({**base, "isolation.level": "read_committed"})
     try:
         return _read_to(reader, topic, ends, timeout_s, log)
     finally:
         reader.close()
+
+
+_SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                       KafkaError.UNKNOWN_TOPIC_OR_PART})
+"""Errors of a topic that was just created, until its partitions have leaders everywhere."""
+
+
+def _end_offsets(client: Consumer, topic: str, timeout_s: float) -> dict[int, int] | None:
+    """Partition → high watermark of ``topic`` (None when it does not exist). Retriable errors (a topic
+    another worker just created has no partition leader yet: ``NOT_LEADER_FOR_PARTITION``) are retried
+    for up to ``timeout_s``; then, or on any other error, :class:`CheckpointTopicError`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            partitions = _partitions(client, topic, timeout_s)
+            if partitions is None:
+                return None
+            return {p: client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
+                    for p in partitions}
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            settling = error is not None and (error.retriable() or error.code() in _SETTLING)
+            if not settling or time.monotonic() > deadline:
+                raise CheckpointTopicError(f"checkpoint topic {topic!r}: cannot read its end offsets: "
+                                           f"{describe(exc)}") from None
+            time.sleep(0.2)
 
 
 def _partitions(client: Consumer, topic: str, timeout_s: float) -> list[int] | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from savegress_gw_plugins.backpressure import buffer, drop_newest, pause, weighted_fair
 from savegress_gw_plugins.dlq import file as file_dlq
@@ -14,8 +16,8 @@ from savegress_gw_plugins.sinks import kafka as kafka_sink
 from savegress_gw_plugins.sources import generator, http, postgres
 from savegress_gw.components import Batch
 from savegress_gw.errors import ProfileError
-from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, WorkerCheckpoint, checkpoint_topic, \
-    resume_point
+from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, WorkerCheckpoint, _end_offsets, \
+    checkpoint_topic, resume_point
 from savegress_gw.exactly_once.frames import Marker, decode_sequenced, encode_sequenced
 from savegress_gw.testing import validated
 
@@ -128,3 +130,29 @@ def test_a_worker_without_a_checkpoint_means_the_source_starts_over() -> None:
 def test_checkpoints_of_another_layout_are_refused() -> None:
     with pytest.raises(CheckpointTopicError, match="gateway.workers=4"):
         resume_point({0: single(0, 900, 900, workers=4)}, 2, 8, "generator", per_lane=False)
+
+
+class _NewTopic:
+    """A consumer's view of a checkpoint topic another worker just created: its partition has no
+    leader for the first ``settling`` watermark requests (the race a CI run hit), or fails with
+    ``error`` every time."""
+
+    def __init__(self, settling: int = 0, error: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+        self.settling, self.error = settling, error
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})
+
+    def get_watermark_offsets(self, partition: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        if self.settling:
+            self.settling -= 1
+            raise KafkaException(KafkaError(self.error))
+        return 0, 7
+
+
+def test_checkpoint_end_offsets_wait_for_a_new_topic_to_get_its_partition_leaders() -> None:
+    assert _end_offsets(_NewTopic(settling=2), "ck", 5.0) == {0: 7}  # type: ignore[arg-type]
+    with pytest.raises(CheckpointTopicError, match="NOT_LEADER_FOR_PARTITION"):
+        _end_offsets(_NewTopic(settling=10_000), "ck", 0.3)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointTopicError, match="TOPIC_AUTHORIZATION_FAILED"):  # not retried
+        _end_offsets(_NewTopic(settling=1, error=KafkaError.TOPIC_AUTHORIZATION_FAILED), "ck", 5.0)  # type: ignore[arg-type]
