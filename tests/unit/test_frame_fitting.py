@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from types import SimpleNamespace
 from typing import Any
 
@@ -60,3 +61,17 @@ def test_the_marker_travels_alone_when_the_batch_is_empty_or_its_last_event_is_d
     frames = Router._sequenced_frames(fake, batch([100, 5000]), [5, 6], None, Marker({"": 6}, 6), 1000)
     assert [(events, holds) for _, events, holds in frames] == [(1, 1), (0, 1)]
     assert decode_sequenced(frames[-1][0]).marker == Marker({"": 6}, 6) and fake.metrics.dropped == 1
+
+
+def test_cutting_frames_leaves_no_reference_cycles() -> None:
+    """Garbage in cycles waits for the cyclic collector, which the work loops run rarely
+    (runtime.tune_gc): a cycle per read batch kept every batch and its frames alive (gigabytes)."""
+    fake = router()
+    gc.collect()
+    gc.disable()
+    try:
+        Router._frames(fake, batch([100] * 7 + [5000] + [100] * 8), 1000)
+        Router._sequenced_frames(fake, batch([100] * 16), list(range(1, 17)), None, Marker({"": 16}, 16), 1000)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
