@@ -12,8 +12,11 @@ import yaml
 from savegress_gw import __version__
 from savegress_gw.dlq_cli import add_dlq_commands, run_dlq_command
 from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_WORKER_BOOT_ERROR, PluginError, ProfileError
+from savegress_gw.pitr_cli import add_pitr_commands, run_pitr_command
 from savegress_gw.plugins import collect_components, get_plugin_manager, list_plugins
 from savegress_gw.profile import bundled_profiles, load_profile, profile_schema
+from savegress_gw.snapshot_cli import add_snapshot_commands, run_snapshot_command
+from savegress_gw.storage_cli import add_storage_commands, run_storage_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = which.add_parser("show", help="print one bundled profile", description="Print one bundled profile.")
     show.add_argument("name")
     add_dlq_commands(commands)
+    add_snapshot_commands(commands)
+    add_pitr_commands(commands)
+    add_storage_commands(commands)
     return parser
 
 
@@ -155,5 +161,6 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"checkpoint": cmd_checkpoint, "dlq": run_dlq_command, "start": cmd_start, "validate": cmd_validate, "schema": cmd_schema, "plugins": cmd_plugins,
-            "profiles": cmd_profiles}
+COMMANDS = {"checkpoint": cmd_checkpoint, "dlq": run_dlq_command, "pitr": run_pitr_command, "plugins": cmd_plugins,
+            "profiles": cmd_profiles, "schema": cmd_schema, "snapshot": run_snapshot_command,
+            "start": cmd_start, "storage": run_storage_command, "validate": cmd_validate}

@@ -17,6 +17,11 @@ retry, in stream order; an event of a held key is parked behind the event its ke
 behind instead of being sent (if that parking fails, its batch waits and is tried again). Events
 already handed to the sink when an earlier event of their key fails are not called back: those
 in the same batch as a partly delivered send, or in flight to an asynchronous sink.
+
+Archiving (``pitr.enabled``, :class:`~savegress_gw.pitr.writer.ArchiveWriter`): the delivered
+events of every settled send (all of a DELIVERED batch, the indices not in ``failed`` of a partial
+one; never parked or dropped events) are appended to the archive, one write per send, before the
+frames are acknowledged.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from savegress_gw.circuit import CircuitBreaker, State
 from savegress_gw.components import Batch, DeadLetterQueue, Limiter, Outcome, Sink, Status
 from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.metrics import ProcessMetrics
+from savegress_gw.pitr.writer import ArchiveWriter
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
 from savegress_gw.ring import Ring
@@ -70,8 +76,10 @@ class Pipeline:
                  metrics: ProcessMetrics, log: object, dlq: DeadLetterQueue | None = None,
                  origin: str = "", breaker: CircuitBreaker | None = None,
                  event_deadline: float | None = None, holds: KeyHolds | None = None,
-                 max_in_flight: int | None = None) -> None:
+                 max_in_flight: int | None = None, archive: ArchiveWriter | None = None) -> None:
         self.ring, self.sink, self.batcher, self.limiter = ring, sink, batcher, limiter
+        self.archive = archive
+        """``pitr.enabled``: delivered events are appended here before their frames are acknowledged."""
         self.max_in_flight = max_in_flight
         """Most sends handed to the sink and not yet settled (``parallel.transaction_parallelism``); None: no bound."""
         self.retry_settings, self.metrics, self.log = retry, metrics, log
@@ -317,6 +325,8 @@ class Pipeline:
         return batch, outcome.status
 
     def _delivered(self, batch: Batch, now: float) -> None:
+        if self.archive is not None:  # before _acknowledge: a crash can archive twice, never miss
+            self.archive.append(batch.payloads)
         self.metrics.inc("events_processed_total", len(batch))
         n = len(batch)
         step = max(1, n // LATENCY_SAMPLES)

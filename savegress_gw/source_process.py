@@ -12,6 +12,7 @@ policy applies (``block``, ``drop_newest``, ``drop_oldest``). Every drop is coun
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import zlib
@@ -35,6 +36,7 @@ from savegress_gw.pipeline import encode_frame
 from savegress_gw.ring import Ring, RingFull
 from savegress_gw.spill import SpilledFrame, SpillFull, SpillQueue
 from savegress_gw.staging import NORMAL, Staged
+from savegress_gw.state_snapshots import SnapshotError, StateSnapshots
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
 READ_CHUNK = 2048
@@ -413,10 +415,31 @@ class Router:
                 self.staged -= frame.events
                 self.metrics.inc("events_dropped_total", frame.events, label="drop_oldest")
 
+    snapshots: StateSnapshots | None = None
+    """Periodic state snapshots of the checkpoint (None: off, or nothing durable to copy; :func:`_state_snapshots`)."""
+
     def checkpoint_if_due(self, now: float, force: bool = False) -> None:
+        """Save the committed position every ``checkpoint.interval`` (``force``: now). After a save
+        that is not forced, take a state snapshot of it when one is due (never at shutdown)."""
         if self.committed is not None and (force or self.checkpoint.due(now)):
             self.checkpoint.save(self.committed)
+            if not force and self.snapshots is not None and self.snapshots.due(now):
+                self._snapshot(self.snapshots, now)
         self.metrics.set("checkpoint_age_seconds", now - self.checkpoint.saved_at)
+
+    def _snapshot(self, snapshots: StateSnapshots, now: float) -> None:
+        """Copy the checkpoint file just saved into a state snapshot, unless the position has not
+        moved since the last one (an idle source would otherwise push every older one out); a
+        failure is logged and the next attempt waits another ``snapshot.interval``."""
+        if self.committed == snapshots.last_position:
+            return
+        try:
+            taken = snapshots.take(json.loads(self.checkpoint.path.read_bytes()), now)
+        except (OSError, ValueError, SnapshotError) as exc:
+            self.log.error("state snapshot failed; trying again after snapshot.interval", error=str(exc),
+                           directory=str(snapshots.directory))
+            return
+        self.log.info("state snapshot taken", snapshot=taken.name, file=str(taken.path))
 
 
 def main(args: ChildArgs) -> None:
@@ -478,7 +501,35 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
     router = Router(runtime, source, backpressure, checkpoint, lanes, log, _spill(profile, backpressure, log))
     router.ordinal = ordinal
+    router.snapshots = _state_snapshots(profile, checkpoint, log)
     return router
+
+
+def _state_snapshots(profile: Any, checkpoint: CheckpointStore, log: Any) -> StateSnapshots | None:
+    """Periodic state snapshots when the profile asks for them (``snapshot.enabled`` and
+    ``snapshot.interval``) and there is a durable checkpoint to copy; otherwise None, with one
+    warning saying why when they were asked for (the gateway runs on without them)."""
+    settings = profile.snapshot
+    if not (settings.enabled and settings.interval is not None):
+        return None
+    why = None
+    if not checkpoint.settings.enabled:
+        why = "checkpoints are off (checkpoint.enabled: false), so there is no position to snapshot"
+    elif not checkpoint.enabled:
+        why = f"source {profile.source.type!r} keeps no position to resume from"
+    elif not checkpoint.durable:
+        why = "checkpoint.type is memory: the position does not outlive the process, so it cannot be restored"
+    if why is not None:
+        log.warning(f"periodic state snapshots are skipped: {why}", snapshot_interval=settings.interval)
+        return None
+    snapshots = StateSnapshots(settings, profile.gateway.id)
+    try:
+        snapshots.recall()
+    except OSError as exc:
+        log.warning("cannot read the existing state snapshots", error=str(exc), directory=str(snapshots.directory))
+    log.info("periodic state snapshots", interval=settings.interval, retention_count=settings.retention_count,
+             directory=str(snapshots.directory))
+    return snapshots
 
 
 def _spill(profile: Any, backpressure: Backpressure | None, log: Any) -> SpillQueue | None:

@@ -40,6 +40,7 @@ from savegress_gw.ring import Ring
 from savegress_gw.runtime import SOURCE_SLOT, ChildArgs
 from savegress_gw.shared import SharedBlock
 from savegress_gw.status_server import StatusServer
+from savegress_gw.storage.service import storage_sync_for
 
 CRASH_LIMIT = 5
 """Restarts of one child within :data:`CRASH_WINDOW_S` after which the gateway halts."""
@@ -86,6 +87,8 @@ class Supervisor:
             Child(f"worker-{i}", i + 1, worker.main, index=i) for i in range(gateway.workers)
         ]
         self.status = StatusServer(profile, self.metrics, self.children) if profile.metrics.enabled else None
+        self.storage = storage_sync_for(profile, log, self.status.registry if self.status else None,
+                                        active=lambda: self.running)
         self.leadership: Leadership | None = None
         self.running = False
         """The source process and the workers are up (always, unless ``ha.enabled`` and not leading)."""
@@ -122,6 +125,8 @@ class Supervisor:
                 self.leadership = self._join_cluster()
             else:
                 self.start_pipeline()
+            if self.storage is not None:
+                self.storage.start()
             while self.alive:
                 wait([c.process.sentinel for c in self.children if c.process], timeout=0.25)
                 self.handle_signals()
@@ -267,6 +272,8 @@ class Supervisor:
         self._terminate(workers, graceful + 5)
         for ring in self.rings:
             ring.close()
+        if self.storage is not None:
+            self.storage.stop()  # the last backup pass, after the pipeline stopped
         if self.leadership is not None:
             if self.running and not self.leadership.flush():
                 self.log.warning("the last checkpoint was not replicated; the next leader replays from the one before")

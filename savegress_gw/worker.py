@@ -26,6 +26,7 @@ from savegress_gw.exactly_once.loop import TransactionalPipeline
 from savegress_gw.exactly_once.setup import build_pipeline, wait_for_cluster
 from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
+from savegress_gw.pitr import ArchiveWriter, archive_dir, bucket_seconds
 from savegress_gw.ring import Ring
 from savegress_gw.runtime import ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
 
@@ -94,6 +95,9 @@ def _build_transactional(runtime: ChildRuntime, log: Any) -> tuple[Transactional
     limiter, dlq = opened_component("limiter"), opened_component("dlq")
     pipeline = build_pipeline(profile, runtime.args.index, ring, runtime.metrics, log.bind(component="exactly-once"),
                               runtime.beat, limiter, dlq)
+    pipeline.archive = _archive(runtime, log)
+    if pipeline.archive is not None:
+        opened.append(pipeline.archive)
     return pipeline, opened
 
 
@@ -125,11 +129,30 @@ def _build(runtime: ChildRuntime, log: object) -> tuple[Pipeline, list]:
         open_component(dlq, context("dlq", compressor=metered))
         opened.append(dlq)
         retry = profile.dlq.retry_settings(retry)
+    archive = _archive(runtime, log)
+    if archive is not None:
+        opened.append(archive)  # closed first: seals the segment being written
     pipeline = Pipeline(ring, sink, make_batcher(profile.batching), limiter, retry, runtime.metrics,
                         log.bind(component="pipeline"), dlq, origin=f"{profile.gateway.id}/{runtime.name}",
                         breaker=CircuitBreaker(profile.circuit_breaker), event_deadline=_event_deadline(runtime),
-                        holds=_holds(profile, dlq, log), max_in_flight=profile.parallel.transaction_parallelism)
+                        holds=_holds(profile, dlq, log), max_in_flight=profile.parallel.transaction_parallelism,
+                        archive=archive)
     return pipeline, opened
+
+
+def _archive(runtime: ChildRuntime, log: Any) -> ArchiveWriter | None:
+    """This worker's point-in-time archive with ``pitr.enabled``, opened:
+    its leftover open segments are sealed and retention is applied."""
+    profile = runtime.profile
+    pitr = profile.pitr
+    if not pitr.enabled:  # also off in a `pitr replay` run
+        return None
+    segment_size = profile.storage.segment_size or pitr.segment_size
+    archive = ArchiveWriter(archive_dir(pitr.storage_dir, profile.gateway.id), runtime.args.index,
+                            bucket_seconds(pitr.granularity), int(segment_size), pitr.retention,
+                            log.bind(component="pitr"), runtime.metrics)
+    archive.open()
+    return archive
 
 
 def _holds(profile: Any, dlq: DeadLetterQueue | None, log: object) -> KeyHolds | None:
@@ -150,12 +173,15 @@ def _event_deadline(runtime: ChildRuntime) -> float | None:
 
 def _run(runtime: ChildRuntime, pipeline: Pipeline | TransactionalPipeline, stop: StopRequest) -> None:
     graceful = runtime.profile.gateway.graceful_timeout
+    archive = pipeline.archive
     while True:
         now = time.monotonic()
         runtime.beat(now)
         deadline = stop.deadline(now, graceful)
         draining = deadline is not None
         worked = pipeline.step(now, draining=draining)
+        if archive is not None:
+            archive.tick()  # seals the segment whose bucket ended, also when nothing is delivered
         if draining and ((runtime.args.source_done.value and pipeline.settled()) or now > deadline):
             pipeline.finish(max(0.0, deadline - now))
             return

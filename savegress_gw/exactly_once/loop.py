@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -41,6 +42,7 @@ from savegress_gw.kafka.routing import Router
 from savegress_gw.kafka.topic_limits import TopicLimits
 from savegress_gw.metrics import ProcessMetrics
 from savegress_gw.pipeline import READ_EVENTS
+from savegress_gw.pitr.writer import ArchiveWriter
 from savegress_gw.profile.settings import RetrySettings
 from savegress_gw.retry import Backoff
 from savegress_gw.ring import Ring
@@ -142,6 +144,9 @@ class TransactionalPipeline:
         self._skipped = 0
         self._granted_until = 0.0
         """With a rate limiter: no frame is read before this time."""
+        self.archive: ArchiveWriter | None = None
+        """``pitr.enabled``: an :class:`~savegress_gw.pitr.writer.ArchiveWriter` that gets the events
+        produced to the output once the transaction is complete, right before its commit (see :meth:`_commit`)."""
 
     def finish(self, timeout_s: float) -> None:
         """Last round before the worker exits: commit whatever is waiting."""
@@ -224,7 +229,14 @@ class TransactionalPipeline:
                 cause = exc
 
     def _commit(self) -> None:
-        """Add the checkpoint record and commit; then acknowledge the frames."""
+        """Add the checkpoint record and commit; then acknowledge the frames.
+
+        With an archive, the transaction's output events are archived first: after the commit a
+        crash would leave them in Kafka and the successor would skip them (its checkpoint covers
+        them), so the archive would miss them. Archived before the commit, a crash or an aborted
+        and replayed transaction can only archive them twice (at least once)."""
+        if self.archive is not None:
+            self.archive.append(list(chain.from_iterable(batch.payloads for batch in self._produced)))
         while True:
             checkpoint = self._progress.checkpoint(self.checkpoint)
             try:

@@ -1,4 +1,5 @@
-"""Profile sections of database change capture: ``snapshot`` (the initial load) and ``schema``.
+"""Profile sections of database change capture: ``snapshot`` (the initial load, and periodic state
+snapshots) and ``schema``.
 
 They configure the PostgreSQL source (``source.type: postgres``); other sources ignore them.
 Keys of the configuration surface that are not built are refused with ``not implemented yet``.
@@ -11,8 +12,8 @@ from typing import Literal
 from pydantic import Field
 
 from savegress_gw.profile.settings import Section, not_yet
+from savegress_gw.units import Duration
 
-PeriodicSnapshotsLater = not_yet("periodic state snapshots")
 SchemaApprovalLater = not_yet("the schema approval workflow and notifications")
 SchemaCacheLater = not_yet("schema cache expiry; the relation cache follows the stream's relation messages")
 
@@ -31,9 +32,13 @@ class SnapshotSettings(Section):
     their own that converts and encodes its rows beside the source process (docs/postgres.md)."""
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     """Rows fetched per round trip (and most rows per read batch)."""
-    interval: PeriodicSnapshotsLater = None
-    retention_count: PeriodicSnapshotsLater = None
-    dir: PeriodicSnapshotsLater = None
+    interval: Duration | None = Field(None, gt=0)
+    """Periodic state snapshots: with ``enabled``, every ``interval`` the gateway's checkpoint is
+    copied to ``dir`` as a snapshot it can be restored from (``savegress-gw snapshot``); unset: none."""
+    retention_count: int = Field(24, ge=1)
+    """State snapshots kept; the oldest is deleted when a new one is taken."""
+    dir: str = "./data/snapshots"
+    """Local directory of the state snapshots (one subdirectory per gateway id)."""
 
 
 class SchemaEvolutionSettings(Section):

@@ -20,7 +20,7 @@ from savegress_gw.errors import ProfileError
 from savegress_gw.exactly_once.validation import exactly_once_problems
 from savegress_gw.plugins import Registry
 from savegress_gw.ha.validation import ha_problems
-from savegress_gw.profile import cdc, ha
+from savegress_gw.profile import cdc, ha, recovery
 from savegress_gw.profile import settings as s
 
 
@@ -86,13 +86,13 @@ CORE_SECTIONS: dict[str, type[s.Section]] = {
     "snapshot": cdc.SnapshotSettings,
     "ha": ha.HaSettings,
     "schema": cdc.SchemaSettings,
+    "pitr": recovery.PitrSettings,
+    "storage": recovery.StorageSettings,
     "logging": s.LoggingSettings,
     "metrics": s.MetricsSettings,
 }
 
 NOT_YET_SECTIONS = {
-    "pitr": "point-in-time recovery",
-    "storage": "backup storage backends",
     "cluster": "the top-level cluster section; set ha.cluster",
     "multi_region": "multi-region replication",
     "tracing": "OpenTelemetry tracing",

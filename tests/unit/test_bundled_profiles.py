@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "config" / "profiles").glob("*.yaml"))
 QUICKSTART = ROOT / "config" / "quickstart.yaml"
 SHIPPED = PROFILES + [QUICKSTART]
-FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "batch", "quickstart"}
+FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "batch", "replication", "quickstart"}
 NEEDS_PIPELINE = {
     # exactly-once into Kafka on a 3-node HA cluster: valid once a pipeline file names the Kafka output
     # and this node's cluster addresses

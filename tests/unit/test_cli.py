@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.Compl
     """Every command this module checks, run concurrently before the tests look at the results."""
     work = tmp_path_factory.mktemp("cli")
     (work / "bad.yaml").write_text(
-        "batching:\n  max_sise: 3\ncompression:\n  algorithm: lz5\npitr:\n  enabled: true\n"
+        "batching:\n  max_sise: 3\ncompression:\n  algorithm: lz5\ntracing:\n  enabled: true\n"
     )
     (work / "extra.yaml").write_text("compression:\n  algorithm: lz4\n  zstd:\n    level: 3\n")
     own_process = {  # exit status and output of a real `python -m savegress_gw` process
@@ -140,7 +140,7 @@ def test_validate_lists_every_problem(runs) -> None:
     assert "  - batching.max_sise: unknown key; did you mean 'batching.max_size'?" in lines
     assert any(line.startswith("  - compression.algorithm: unknown compressor 'lz5'; did you mean 'lz4'?")
                for line in lines)
-    assert any(line.startswith("  - not implemented yet: pitr") for line in lines)
+    assert any(line.startswith("  - not implemented yet: tracing") for line in lines)
     assert len(lines) == 4
 
 
