@@ -27,8 +27,8 @@ from savegress_gw.checkpoint import CheckpointStore
 from savegress_gw.components import Backpressure, Batch, Context, Source, SourceBatch
 from savegress_gw.envelope import EnvelopeError, encode, normalize
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
-from savegress_gw.exactly_once.checkpoints import checkpoint_topic
-from savegress_gw.exactly_once.frames import SINGLE_LANE, Marker, encode_sequenced
+from savegress_gw.exactly_once.checkpoints import CheckpointTopicError, checkpoint_topic
+from savegress_gw.exactly_once.frames import CLASS_LANES, SINGLE_LANE, Marker, encode_sequenced
 from savegress_gw.exactly_once.setup import source_resume, wait_for_cluster
 from savegress_gw.filters import TableFilter, priority_classes
 from savegress_gw.logs import configure_logging
@@ -76,6 +76,11 @@ class _Lane:
     sent: deque[_Frame] = field(default_factory=deque)
     baseline: int = 0
     """``frames_acked`` that count: frames of an earlier source process are not ours."""
+    markers: deque[_Frame] = field(default_factory=deque)
+    """Exactly-once with priority classes: read-batch markers (alone in their frames), in read order,
+    each waiting until no frame of its read batch is left in ``staged`` (see :meth:`Router._flush_staged`)."""
+    unsent: dict[_ReadBatch, int] = field(default_factory=dict)
+    """Exactly-once with priority classes: read batch → its frames still in ``staged``."""
 
 
 class Router:
@@ -99,8 +104,14 @@ class Router:
         self.dispatch_limit = self.capacity * profile.backpressure.high_watermark if self.priorities else None
         self.source_name = profile.source.type
         self.sequenced = profile.exactly_once.enabled
-        self.ordinal = 0
-        """Exactly-once: the ordinal of the last event read (see :mod:`savegress_gw.exactly_once.frames`)."""
+        self.class_lanes = self.sequenced and self.priorities is not None
+        """Exactly-once with priority classes: each class is a lane of its own, numbered in read order."""
+        if self.class_lanes and source.sequence_lanes:
+            raise ValueError("exactly-once with priority classes needs a single-stream source "
+                             "(validation refuses the others)")
+        self.ordinals: dict[str, int] = dict.fromkeys(CLASS_LANES if self.class_lanes else (SINGLE_LANE,), 0)
+        """Exactly-once, single-stream source: per lane, the ordinal of the last event read (see
+        :mod:`savegress_gw.exactly_once.frames`)."""
         self.reads: deque[_ReadBatch] = deque()
         self.inflight = 0
         self.staged = 0
@@ -213,8 +224,23 @@ class Router:
                     read.remaining += events
                     self._stage(index, _Frame(payload, events, read), klass)
 
+    def restore(self, ends: dict[str, int]) -> None:
+        """Exactly-once, single-stream source: number each lane on from ``ends`` (the marker the
+        source resumes at). Refuses ends of another lane layout (priority classes switched on or
+        off since they were written): the events would be numbered on other lanes than before."""
+        if ends and set(ends) != set(self.ordinals):
+            raise CheckpointTopicError(
+                f"the checkpoint topic holds progress numbered on lanes {sorted(ends)}, this profile numbers "
+                f"{sorted(self.ordinals)} (parallel.priority / backpressure.strategy: weighted_fair changed). "
+                "Exactly-once cannot renumber events: run with the old settings until the source is drained, "
+                "or delete the checkpoint topic to start over")
+        self.ordinals = {lane: ends.get(lane, 0) for lane in self.ordinals}
+
     def _route_sequenced(self, read_batch: SourceBatch, read: _ReadBatch) -> None:
         """Exactly-once: give every event its (lane, ordinal); end the read batch with a marker in every worker lane."""
+        if self.class_lanes:
+            self._route_classes(read_batch, read)
+            return
         if self.source.sequence_lanes:
             kept = self._kept(read_batch)
             sequences = [self.source.event_sequence(event) for event in kept]
@@ -224,9 +250,10 @@ class Router:
             marker = Marker(dict(read_batch.position), read_batch.position)
         else:
             batch = self._encoded(read_batch)
-            lanes, ordinals = None, list(range(self.ordinal + 1, self.ordinal + 1 + len(batch)))
-            self.ordinal += len(batch)
-            marker = Marker({SINGLE_LANE: self.ordinal}, read_batch.position)
+            last = self.ordinals[SINGLE_LANE]
+            lanes, ordinals = None, list(range(last + 1, last + 1 + len(batch)))
+            self.ordinals[SINGLE_LANE] = last + len(batch)
+            marker = Marker({SINGLE_LANE: last + len(batch)}, read_batch.position)
         if batch:
             self.metrics.inc("events_received_total", len(batch))
         for index, indices in enumerate(self._lane_indices(batch)):
@@ -237,18 +264,50 @@ class Router:
                 read.remaining += holds
                 self._stage(index, _Frame(payload, events, read, holds))
 
-    def _sequenced_frames(self, batch: Batch, ordinals: list[int], lanes: list[str] | None, marker: Marker,
-                          limit: int) -> list[tuple[bytes, int, int]]:
+    def _route_classes(self, read_batch: SourceBatch, read: _ReadBatch) -> None:
+        """Exactly-once with priority classes (single-stream source): number each class's events
+        on its own lane in read order and stage them in their class; then queue the read batch's
+        marker (every lane's end) alone for every worker, to follow all of the batch's frames."""
+        batch = self._encoded(read_batch)
+        if batch:
+            self.metrics.inc("events_received_total", len(batch))
+        for klass, part_of_class in self._by_priority(batch):
+            lane_name = CLASS_LANES[klass]
+            last = self.ordinals[lane_name]
+            self.ordinals[lane_name] = last + len(part_of_class)
+            for index, indices in enumerate(self._lane_indices(part_of_class)):
+                if not indices:
+                    continue
+                part = part_of_class if len(indices) == len(part_of_class) else part_of_class.take(indices)
+                for payload, events, holds in self._sequenced_frames(
+                        part, [last + 1 + i for i in indices], lane_name, None,
+                        self.lanes[index].ring.capacity // 4):
+                    read.remaining += holds
+                    lane = self.lanes[index]
+                    lane.unsent[read] = lane.unsent.get(read, 0) + 1
+                    self._stage(index, _Frame(payload, events, read, holds), klass)
+        marker = Marker(dict(self.ordinals), read_batch.position)
+        payload = encode_sequenced(Batch.empty(), [], None, marker)
+        for lane in self.lanes:
+            read.remaining += 1
+            lane.markers.append(_Frame(payload, 0, read, 1))
+
+    def _sequenced_frames(self, batch: Batch, ordinals: list[int], lanes: list[str] | str | None,
+                          marker: Marker | None, limit: int) -> list[tuple[bytes, int, int]]:
         """``(payload, events, holds)`` of frames of at most ``limit`` bytes; the marker goes on the
-        last (alone, when the batch is empty or its last event was too large to send)."""
+        last (alone, when the batch is empty or its last event was too large to send). ``lanes``:
+        one per event, or one for all (a string), or None for lane ``""``."""
         n = len(batch)
+        per_event = isinstance(lanes, list)
 
         def encode_range(start: int, stop: int) -> bytes:
             return encode_sequenced(batch.slice(start, stop), ordinals[start:stop],
-                                    lanes and lanes[start:stop], marker if stop == n else None)
+                                    lanes[start:stop] if per_event else lanes, marker if stop == n else None)
 
-        frames = [(payload, stop - start, stop - start + (stop == n))
+        frames = [(payload, stop - start, stop - start + (stop == n and marker is not None))
                   for payload, start, stop in self._fitting(batch, encode_range, limit)]
+        if marker is None:
+            return frames
         if not frames or frames[-1][2] == frames[-1][1]:  # no frame ended at n: the marker travels alone
             frames.append((encode_sequenced(Batch.empty(), [], None, marker), 0, 1))
         return frames
@@ -390,18 +449,44 @@ class Router:
         return indices
 
     def _flush_staged(self) -> None:
+        """Hand staged frames to the rings (by class turns), up to ``dispatch_limit`` events in flight.
+
+        Exactly-once with priority classes: a read batch's marker goes into a worker's ring as
+        soon as, and only once, none of the batch's frames for that worker is left in ``staged``
+        (those of earlier batches went before their own markers), so it never claims events still
+        queued, and markers reach a worker in read order."""
         limit = self.dispatch_limit
         for lane in self.lanes:
-            while lane.staged and (limit is None or self.inflight < limit):
+            while True:
+                if lane.markers and not lane.unsent.get(lane.markers[0].read):
+                    if not self._hand_over(lane, lane.markers[0]):
+                        break
+                    lane.markers.popleft()
+                    continue
+                if not lane.staged or (limit is not None and self.inflight >= limit):
+                    break
                 frame = lane.staged.peek()
-                try:
-                    lane.ring.write(frame.payload)
-                except RingFull:
+                if not self._hand_over(lane, frame):
                     break
                 lane.staged.pop()
-                lane.sent.append(frame)
                 self.staged -= frame.events
                 self.inflight += frame.events
+                if lane.unsent:
+                    left = lane.unsent[frame.read] - 1
+                    if left:
+                        lane.unsent[frame.read] = left
+                    else:
+                        del lane.unsent[frame.read]
+
+    @staticmethod
+    def _hand_over(lane: _Lane, frame: _Frame) -> bool:
+        """Write ``frame`` into ``lane``'s ring and count it as sent; False if the ring is full."""
+        try:
+            lane.ring.write(frame.payload)
+        except RingFull:
+            return False
+        lane.sent.append(frame)
+        return True
 
     def _drop_oldest(self) -> None:
         """Drop staged (not yet handed to a worker) frames, oldest of the least important class
@@ -479,10 +564,10 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     backpressure = instantiate("backpressure", profile, registry)
     checkpoint = CheckpointStore(profile.checkpoint, profile.gateway.id, profile.source.type,
                                  resumable=source.resumable)
-    ordinal = 0
+    ends: dict[str, int] = {}
     if profile.exactly_once.enabled:  # the checkpoint topic, not the file, says what is in Kafka
         wait_for_cluster(profile, "source", runtime.beat, log)
-        position, ordinal = source_resume(profile, source.sequence_lanes, log)
+        position, ends = source_resume(profile, source.sequence_lanes, log)
         where = f"checkpoint topic {checkpoint_topic(profile.gateway.id)}"
     else:
         position, where = checkpoint.load(), str(checkpoint.path)
@@ -500,7 +585,8 @@ def _build(runtime: ChildRuntime, log: Any) -> Router:
     # Frames an earlier source process wrote are still delivered by the workers, but not ours to count.
     lanes = [_Lane(ring, baseline=ring.frames_written) for ring in map(Ring.attach, runtime.args.ring_names)]
     router = Router(runtime, source, backpressure, checkpoint, lanes, log, _spill(profile, backpressure, log))
-    router.ordinal = ordinal
+    if not source.sequence_lanes:
+        router.restore(ends)
     router.snapshots = _state_snapshots(profile, checkpoint, log)
     return router
 

@@ -180,10 +180,21 @@ def _behind(reader: Consumer, topic: str, ends: dict[int, int]) -> list[int]:
 
 def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: int, source: str,
                  per_lane: bool) -> tuple[Any, int]:
-    """Where the source restarts: ``(position, ordinal of the last event before it on lane "")``.
+    """Where the source restarts: ``(position, ordinal of the last event before it on lane "")``;
+    :func:`resume_marker` gives the ordinals of every lane (priority classes)."""
+    position, ends = resume_marker(checkpoints, workers, lanes, source, per_lane)
+    return position, ends.get(SINGLE_LANE, 0)
 
-    Every worker slot must have committed a checkpoint, else ``(None, 0)``: the source's own start.
-    A single-stream source (``per_lane`` False) restarts at the position of the lowest marker; a
+
+def resume_marker(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: int, source: str,
+                  per_lane: bool) -> tuple[Any, dict[str, int]]:
+    """Where the source restarts: ``(position, {lane: ordinal of its last event before it})``.
+
+    Every worker slot must have committed a checkpoint, else ``(None, {})``: the source's own start.
+    A single-stream source (``per_lane`` False) restarts at the position of the lowest marker (its
+    lanes are ``""``, or one per priority class: a read batch's marker has every lane's end, and
+    each end only grows from one read batch to the next, so the lowest marker is the one with the
+    smallest sum of ends) and numbers each lane on from that marker's end; a
     source with its own lanes at ``{lane: lowest end}`` over the lanes every worker has seen (a
     lane missing somewhere starts from the source's own resume point for it, e.g. the consumer
     group's committed offset). Raises :class:`CheckpointTopicError` when the checkpoints were
@@ -198,10 +209,10 @@ def resume_point(checkpoints: dict[int, WorkerCheckpoint], workers: int, lanes: 
                 f"{workers}, {lanes}, {source!r}. Exactly-once cannot re-route events already numbered: run with the "
                 f"old settings until the source is drained, or delete the checkpoint topic to start over")
     if any(slot not in checkpoints for slot in range(workers)):
-        return None, 0
+        return None, {}
     slots = [checkpoints[slot] for slot in range(workers)]
     if per_lane:
         common = set.intersection(*(set(c.ends) for c in slots))
-        return {lane: min(c.ends[lane] for c in slots) for lane in sorted(common)} or None, 0
-    lowest = min(slots, key=lambda c: c.ends.get(SINGLE_LANE, 0))
-    return lowest.position, lowest.ends.get(SINGLE_LANE, 0)
+        return {lane: min(c.ends[lane] for c in slots) for lane in sorted(common)} or None, {}
+    lowest = min(slots, key=lambda c: sum(c.ends.values()))
+    return lowest.position, dict(lowest.ends)

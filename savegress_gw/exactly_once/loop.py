@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from savegress_gw.components import Batch, Limiter, Status
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_key
-from savegress_gw.exactly_once.frames import SINGLE_LANE, Marker, SequencedFrame, decode_sequenced
+from savegress_gw.exactly_once.frames import Marker, SequencedFrame, decode_sequenced
 from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import TransactionAborted, TransactionalProducer
 from savegress_gw.kafka.errors import describe, status_of
@@ -93,10 +93,11 @@ class _Progress:
         transaction already: a restarted source process re-sends events whose first copies may
         still be in the ring), None when that is all of them; moves the ordinals past them."""
         ordinals = self.ordinals
-        if frame.lanes is None and frame.ordinals:  # one lane, ordinals rising in read order
+        lane = frame.one_lane
+        if lane is not None and frame.ordinals:  # one lane, ordinals rising in read order
             first, last = frame.ordinals[0], frame.ordinals[-1]
-            if first > ordinals.get(SINGLE_LANE, 0):
-                ordinals[SINGLE_LANE] = last
+            if first > ordinals.get(lane, 0):
+                ordinals[lane] = last
                 return None
         keep = []
         for i, ordinal in enumerate(frame.ordinals):

@@ -20,7 +20,7 @@ from savegress_gw.components import Limiter
 from savegress_gw.deadletter.holds import KeyHolds
 from savegress_gw.deadletter.topic import TopicStoreError
 from savegress_gw.exactly_once.checkpoints import WorkerCheckpoint, checkpoint_topic, read_checkpoints, \
-    resume_point, transactional_id
+    resume_marker, resume_point, transactional_id
 from savegress_gw.exactly_once.loop import TransactionalPipeline
 from savegress_gw.exactly_once.parking import TransactionalParking
 from savegress_gw.exactly_once.producer import TransactionalProducer
@@ -112,12 +112,12 @@ def ensure_topics(profile: Any, admin: AdminClient, log: Any) -> None:
         create_topic(admin, output.topic, output.topics, isr, timeout, "kafka output")
 
 
-def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, int]:
-    """For the source process: ``(position, ordinal)`` to restart from, per the checkpoint topic
-    (see :func:`~savegress_gw.exactly_once.checkpoints.resume_point`)."""
+def source_resume(profile: Any, per_lane: bool, log: Any) -> tuple[Any, dict[str, int]]:
+    """For the source process: ``(position, {lane: ordinal})`` to restart from, per the checkpoint
+    topic (see :func:`~savegress_gw.exactly_once.checkpoints.resume_marker`)."""
     checkpoints = read_checkpoints(admin_settings(connection(profile, "source")), checkpoint_topic(profile.gateway.id),
                                    read_timeout(profile), log)
-    return resume_point(checkpoints, profile.gateway.workers, profile.parallel.table_parallelism,
+    return resume_marker(checkpoints, profile.gateway.workers, profile.parallel.table_parallelism,
                         profile.source.type, per_lane)
 
 

@@ -47,10 +47,16 @@ def exactly_once_problems(profile: Any, registry: Registry) -> list[str]:
                "instead; use backpressure.strategy: pause")
     if profile.buffer.policy in _DROPPING:
         refuse("buffer.overflow.policy", f"{profile.buffer.policy!r} drops events")
-    if strategy == "weighted_fair" or profile.parallel.priority.enabled:
+    if (strategy == "weighted_fair" or profile.parallel.priority.enabled) and source_cls is not None \
+            and source_cls.sequence_lanes:
+        # A single-stream source numbers each priority class as a lane of its own; a source that
+        # numbers its own lanes (a Kafka partition's offsets) can have one lane's events in several
+        # classes, which a worker would then see out of lane order.
         refuse("backpressure.strategy" if strategy == "weighted_fair" else "parallel.priority.enabled",
-               "priorities reorder events between read batches, and a worker's checkpoint needs its events "
-               "in read order")
+               f"priorities reorder events between read batches, and source {source!r} numbers its events on "
+               "lanes of its own (e.g. Kafka partitions) that priority classes would split; a worker's "
+               "checkpoint needs each lane's events in order. Use a single-stream source (generator, file, "
+               "postgres) or turn priorities off")
     queue = profile.selected("dlq")
     queue_cls = registry.get("dlq", queue) if queue else None
     if queue_cls is not None and not callable(getattr(queue_cls, "record_headers", None)):

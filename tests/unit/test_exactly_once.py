@@ -51,7 +51,6 @@ def test_a_kafka_output_with_a_resumable_source_is_accepted() -> None:
     ({"backpressure": {"strategy": "drop_newest"}}, "backpressure.strategy", "drops events"),
     ({"buffer": {"overflow_policy": "drop_oldest"}}, "buffer.overflow.policy", "drops events"),
     ({"backpressure": {"strategy": "buffer"}}, "backpressure.strategy", "spilling to disk is not supported"),
-    ({"backpressure": {"strategy": "weighted_fair"}}, "backpressure.strategy", "priorities reorder"),
     ({"replication": {"ack_mode": "leader"}}, "replication.ack_mode", "acks=all"),
     ({"exactly_once": {"enabled": True, "idempotent_producer": False}}, "exactly_once.idempotent_producer",
      "need an idempotent producer"),
