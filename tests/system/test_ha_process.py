@@ -3,6 +3,10 @@
 The leader's whole process tree is SIGKILLed mid-stream (a machine failure): another node takes
 over, resumes from the checkpoint the cluster replicated and finishes the stream. Every event is
 then in some node's output (at least once), and the new leader did not start over.
+
+Or the leader's process tree is frozen (SIGSTOP: a hung machine, a long GC or VM pause, a
+partition that heals): another node takes over; when the old leader thaws it must notice it lost
+the cluster and stop its pipeline instead of streaming beside the new leader.
 """
 
 from __future__ import annotations
@@ -60,6 +64,50 @@ def test_sigkill_of_the_leader_moves_the_pipeline_to_another_node_which_resumes(
 @pytest.mark.timeout(900)
 def test_soak_ten_leader_kills_with_the_killed_nodes_restarted(tmp_path: Path) -> None:
     run_cluster(tmp_path, count=300_000, rate=4_000, leader_kills=10)
+
+
+@pytest.mark.timeout(240)
+def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_path: Path) -> None:
+    count = 40_000
+    ports = [free_port() for _ in range(3)]
+    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, 4_000)).start()
+             for i in range(3)]
+    try:
+        leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
+        wait_for(lambda: ready(leader) == 200, 15, "the leader to report ready")
+        delivered = {n: len(written(n)) for n in nodes}
+        os.killpg(leader.pid, signal.SIGSTOP)
+        try:
+            successor = wait_for(lambda: leading([n for n in nodes if n is not leader], delivered), 60,
+                                 "another node to lead while the old leader is frozen")
+        finally:
+            os.killpg(leader.pid, signal.SIGCONT)
+        # Thawed, the old leader learns the newer term at once (or fails to renew its lease within
+        # election_timeout) and stops its pipeline: its output must stop growing and it must stop
+        # reporting ready, while the new leader goes on.
+        wait_for(lambda: ready(leader) == 503, 15, "the thawed old leader to stop reporting ready")
+        settled = len(written(leader))
+        successor_before = len(written(successor))
+        wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
+        assert len(written(leader)) == settled, "the thawed old leader still delivers beside the new one"
+        assert leader.process.poll() is None, "the thawed old leader exited instead of standing by"
+        finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), 120,
+                            "the new leader to finish the stream")
+        assert finished is successor
+        for node in nodes:
+            if node is not finished and node.process.poll() is None:
+                assert node.stop() == 0, node.stderr()
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                os.killpg(node.pid, signal.SIGCONT)
+                node.process.kill()
+    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    print(f"frozen leader replaced: {verdict}")
+    assert verdict.missing == [], str(verdict)
+    assert verdict.duplicates < count // 4, str(verdict)
+    log = leader.stderr()
+    assert "no longer the cluster leader" in log or "did not confirm this leader" in log, log[-3000:]
 
 
 def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> None:
