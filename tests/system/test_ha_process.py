@@ -55,6 +55,24 @@ def ready(node: Gateway) -> int:
     return requests.get(node.url("/health/ready"), timeout=5).status_code
 
 
+def finish(nodes: list[Gateway], timeout: float) -> Gateway:
+    """Wait for the node that finishes the stream (exits 0), stop the others; return it."""
+    finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), timeout,
+                        "the leader to finish the stream")
+    for node in nodes:
+        if node is not finished and node.process.poll() is None:
+            assert node.stop() == 0, node.stderr()
+    return finished
+
+
+def kill_all(nodes: list[Gateway]) -> None:
+    """SIGKILL the nodes still running (thawing frozen ones first)."""
+    for node in nodes:
+        if node.process.poll() is None:
+            os.killpg(node.pid, signal.SIGCONT)
+            node.process.kill()
+
+
 @pytest.mark.timeout(240)
 def test_sigkill_of_the_leader_moves_the_pipeline_to_another_node_which_resumes(tmp_path: Path) -> None:
     run_cluster(tmp_path, count=40_000, rate=4_000, leader_kills=1)
@@ -91,17 +109,9 @@ def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_pa
         wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
         assert len(written(leader)) == settled, "the thawed old leader still delivers beside the new one"
         assert leader.process.poll() is None, "the thawed old leader exited instead of standing by"
-        finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), 120,
-                            "the new leader to finish the stream")
-        assert finished is successor
-        for node in nodes:
-            if node is not finished and node.process.poll() is None:
-                assert node.stop() == 0, node.stderr()
+        assert finish(nodes, 120) is successor
     finally:
-        for node in nodes:
-            if node.process.poll() is None:
-                os.killpg(node.pid, signal.SIGCONT)
-                node.process.kill()
+        kill_all(nodes)
     verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
     print(f"frozen leader replaced: {verdict}")
     assert verdict.missing == [], str(verdict)
@@ -134,15 +144,9 @@ def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> Non
             successor = wait_for(lambda: leading(nodes, delivered), 60, f"a new leader after kill {kill + 1}")
             replayed_from.append(min(written(successor)[delivered[successor]:]))
             leader = successor
-        finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), 600,
-                            "the leader to finish the stream")
-        for node in nodes:
-            if node is not finished and node.process.poll() is None:
-                assert node.stop() == 0, node.stderr()
+        finished = finish(nodes, 600)
     finally:
-        for node in nodes:
-            if node.process.poll() is None:
-                node.process.kill()
+        kill_all(nodes)
 
     everything = [seq for node in nodes for seq in written(node)]
     verdict = verify_sequences(everything, count)
