@@ -69,16 +69,17 @@ class CheckpointStore:
             )
         return data["position"]
 
-    def save(self, position: Any) -> None:
-        """Store ``position`` atomically (and durably with ``sync_mode: sync``)."""
+    def save(self, position: Any) -> dict[str, Any]:
+        """Store ``position`` atomically (and durably with ``sync_mode: sync``); return the record
+        stored (``source``, ``position``, ``updated_at``), as the file holds it."""
         self.saved_at = time.monotonic()
         record = {"source": self.source_type, "position": position,
                   "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if not self.enabled:
-            return
+            return record
         if not self.durable:
             self._memory = record
-            return
+            return record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
         with open(tmp, "w") as handle:
@@ -89,6 +90,7 @@ class CheckpointStore:
         os.replace(tmp, self.path)
         if self.settings.sync_mode == "sync":
             fsync_directory(self.path.parent)
+        return record
 
     def due(self, now: float) -> bool:
         return now - self.saved_at >= self.settings.interval

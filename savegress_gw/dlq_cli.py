@@ -24,7 +24,7 @@ from savegress_gw.plugins import Registry, collect_components, get_plugin_manage
 from savegress_gw.profile import profile_schema, resolve_profile_path
 from savegress_gw.profile.loader import deep_merge, known_key_paths, load_raw
 from savegress_gw.profile.model import SECTION_BY_KEY, validate_profile
-from savegress_gw.profile.settings import GatewaySettings
+from savegress_gw.side_runs import side_run
 from savegress_gw.units import format_duration, parse_duration
 
 REASON_WIDTH = 60
@@ -120,26 +120,18 @@ def replay_profile(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     """The profile data that replays the dead-letter queue of ``data`` through its output.
 
     ``source`` becomes ``{type: dlq_replay, base_dir: <dlq.base_dir>, ids}`` for a file queue and
-    ``{type: dlq_replay, ids}`` (the profile's own queue) for another; everything else stays, so
-    failures are parked again in the same queue. ``gateway.id`` gets ``-dlq-replay``
-    appended (Kafka client ids and process titles must not clash with the running gateway),
-    ``metrics`` is switched off (its port belongs to the running gateway) and so is
-    ``exactly_once``: the queue is no source that can be replayed in order from a position, so a
-    replay is at least once (an entry is removed only after its event was delivered; a crash in
-    between delivers it again at the next replay).
+    ``{type: dlq_replay, ids}`` (the profile's own queue) for another; it runs as a side run
+    (:func:`~savegress_gw.side_runs.side_run`, ``gateway.id`` + ``-dlq-replay``), so failures are
+    parked again in the same queue. The queue is no source that can be replayed in order from a
+    position, so a replay is at least once (an entry is removed only after its event was
+    delivered; a crash in between delivers it again at the next replay).
     """
     source: dict[str, Any] = {"type": "dlq_replay"}
     if queue_type(data) == QUEUE_TYPE:
         source["base_dir"] = dlq_directory(data)
     if ids:
         source["ids"] = list(ids)
-    gateway = dict(data.get("gateway") or {})
-    gateway["id"] = f"{gateway.get('id', GatewaySettings().id)}-dlq-replay"
-    metrics = {**(data.get("metrics") or {}), "enabled": False}
-    replay = {**data, "source": source, "gateway": gateway, "metrics": metrics}
-    if data.get("exactly_once"):
-        replay["exactly_once"] = {**data["exactly_once"], "enabled": False}
-    return replay
+    return side_run(data, source, "-dlq-replay")
 
 
 # ---------------------------------------------------------------------------------------------

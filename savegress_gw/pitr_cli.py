@@ -16,15 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from savegress_gw.cli_options import add_profile_options
 from savegress_gw.checkpoint import checkpoint_path
+from savegress_gw.cli_options import add_profile_options
 from savegress_gw.errors import EXIT_CONFIG_ERROR, EXIT_OK
 from savegress_gw.pitr.layout import archive_dir, bucket_seconds
 from savegress_gw.pitr.reader import Window, segments_of, window
 from savegress_gw.plugins import Registry, collect_components, get_plugin_manager
-from savegress_gw.profile import profile_schema, resolve_profile_path
-from savegress_gw.profile.loader import known_key_paths, load_raw
+from savegress_gw.profile import load_profile
 from savegress_gw.profile.model import validate_profile
+from savegress_gw.side_runs import side_run
 from savegress_gw.units import format_duration
 
 REPLAY_SUFFIX = "-pitr-replay"
@@ -64,11 +64,10 @@ def run_pitr_command(args: argparse.Namespace) -> int:
     try:
         pm = get_plugin_manager()
         registry = collect_components(pm)
-        data = _profile_data(args, registry)
-        settings = validate_profile(data, registry).profile
+        validated = load_profile(args.config, registry, flags=args.set)
         if args.pitr_action == "list":
-            return _list(settings)
-        return _replay(args, data, settings, registry, pm)
+            return _list(validated.profile)
+        return _replay(args, validated.data, validated.profile, registry, pm)
     except PitrCommandError as exc:
         print(f"savegress-gw: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -79,24 +78,15 @@ def replay_profile(data: dict[str, Any], gateway_id: str, storage_dir: str, gran
     """The profile data that replays gateway ``gateway_id``'s archive through the output of ``data``.
 
     ``source`` becomes ``{type: pitr_replay, gateway_id, storage_dir, granularity, from_time,
-    to_time}``; ``gateway.id`` gets ``-pitr-replay`` appended (its own checkpoint file, so the
-    real gateway's checkpoint is never touched; Kafka client ids and process titles do not
-    clash); ``pitr`` is switched off (a replay is not archived again), and so are ``metrics``
-    (its port belongs to the running gateway), ``exactly_once`` (a replay is at least once) and
-    ``ha`` (the replay runs on this node only). Everything else stays.
+    to_time}``; it runs as a side run (:func:`~savegress_gw.side_runs.side_run`: ``gateway.id`` +
+    ``-pitr-replay``, its own checkpoint file, so the real gateway's checkpoint is never touched)
+    with ``pitr`` switched off too (a replay is not archived again).
     """
     source: dict[str, Any] = {"type": "pitr_replay", "gateway_id": gateway_id, "storage_dir": storage_dir,
                               "granularity": granularity, "from_time": from_time.isoformat()}
     if to_time is not None:
         source["to_time"] = to_time.isoformat()
-    gateway = {**(data.get("gateway") or {}), "id": gateway_id + REPLAY_SUFFIX}
-    replay = {**data, "source": source, "gateway": gateway,
-              "metrics": {**(data.get("metrics") or {}), "enabled": False},
-              "pitr": {**(data.get("pitr") or {}), "enabled": False}}
-    for section in ("exactly_once", "ha"):
-        if data.get(section):
-            replay[section] = {**data[section], "enabled": False}
-    return replay
+    return side_run(data, source, REPLAY_SUFFIX, off=("pitr",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,12 +98,6 @@ def _instant(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-01-15T10:30:00Z)") from None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _profile_data(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
-    files = [resolve_profile_path(p) for p in args.config]
-    data, _ = load_raw(files, flags=args.set, known_paths=known_key_paths(profile_schema(registry)))
-    return data
 
 
 def _iso(unix_s: float) -> str:

@@ -12,7 +12,6 @@ policy applies (``block``, ``drop_newest``, ``drop_oldest``). Every drop is coun
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import zlib
@@ -507,20 +506,20 @@ class Router:
         """Save the committed position every ``checkpoint.interval`` (``force``: now). After a save
         that is not forced, take a state snapshot of it when one is due (never at shutdown)."""
         if self.committed is not None and (force or self.checkpoint.due(now)):
-            self.checkpoint.save(self.committed)
+            record = self.checkpoint.save(self.committed)
             if not force and self.snapshots is not None and self.snapshots.due(now):
-                self._snapshot(self.snapshots, now)
+                self._snapshot(self.snapshots, record, now)
         self.metrics.set("checkpoint_age_seconds", now - self.checkpoint.saved_at)
 
-    def _snapshot(self, snapshots: StateSnapshots, now: float) -> None:
-        """Copy the checkpoint file just saved into a state snapshot, unless the position has not
+    def _snapshot(self, snapshots: StateSnapshots, record: dict[str, Any], now: float) -> None:
+        """Copy the checkpoint ``record`` just saved into a state snapshot, unless the position has not
         moved since the last one (an idle source would otherwise push every older one out); a
         failure is logged and the next attempt waits another ``snapshot.interval``."""
         if self.committed == snapshots.last_position:
             return
         try:
-            taken = snapshots.take(json.loads(self.checkpoint.path.read_bytes()), now)
-        except (OSError, ValueError, SnapshotError) as exc:
+            taken = snapshots.take(record, now)
+        except SnapshotError as exc:
             self.log.error("state snapshot failed; trying again after snapshot.interval", error=str(exc),
                            directory=str(snapshots.directory))
             return

@@ -155,6 +155,8 @@ def test_replay_profile_swaps_the_source_and_keeps_the_rest() -> None:
     assert kafka["source"] == {"type": "dlq_replay", "ids": ["p0:12"]}  # the profile's own queue
     exactly_once = replay_profile({"output": {"type": "kafka"}, "dlq": {}, "exactly_once": {"enabled": True}}, [])
     assert exactly_once["exactly_once"] == {"enabled": False}  # a replay is at least once
+    ha = replay_profile({"dlq": {}, "ha": {"enabled": True, "cluster": {"bind_address": "h:1"}}}, [])
+    assert ha["ha"] == {"enabled": False, "cluster": {"bind_address": "h:1"}}  # never joins the gateway's cluster
 
 
 @pytest.mark.skipif("base_dir" in DlqSection.model_fields,
