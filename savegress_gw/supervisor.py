@@ -32,6 +32,7 @@ from savegress_gw import source_process, worker
 from savegress_gw.checkpoint import checkpoint_path
 from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
 from savegress_gw.ha.leadership import START, Leadership
+from savegress_gw.ha.metrics import LeadershipCollector
 from savegress_gw.ha.raft import RaftNode
 from savegress_gw.metrics import MetricsBlock
 from savegress_gw.plugins import GatewayPluginManager, Registry
@@ -181,8 +182,12 @@ class Supervisor:
                       address=node.address)
         identity = {k: v for k, v in self.profile_data.items() if k not in ("ha", "metrics", "logging")}
         profile_hash = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return Leadership(node, checkpoint_path(profile.checkpoint, profile.gateway.id), profile_hash,
-                          cluster.election_timeout, self.log.bind(component="ha"))
+        leadership = Leadership(node, checkpoint_path(profile.checkpoint, profile.gateway.id), profile_hash,
+                                cluster.election_timeout, self.log.bind(component="ha"))
+        if self.status is not None:
+            self.status.registry.register(LeadershipCollector(leadership, profile.metrics.prometheus.namespace,
+                                                              profile.metrics.labels))
+        return leadership
 
     def spawn(self, child: Child) -> None:
         args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,

@@ -34,6 +34,10 @@ class Leadership:
         self._replicated: tuple[int, int] | None = None
         """(mtime_ns, size) of the checkpoint file last replicated."""
         self._seen_leader: str | None = ""
+        self.replications = 0
+        """Checkpoint versions this node committed through the cluster while leading."""
+        self.replicated_at: float | None = None
+        """Wall-clock time of the last of them (None before the first)."""
 
     def tick(self, running: bool) -> Action | None:
         if not running:
@@ -61,6 +65,8 @@ class Leadership:
         if not self.node.put(_CHECKPOINT, self.path.read_text(), self.timeout):
             return False
         self._replicated = version
+        self.replications += 1
+        self.replicated_at = time.time()
         return True
 
     def _take_over(self) -> bool:

@@ -55,6 +55,14 @@ def ready(node: Gateway) -> int:
     return requests.get(node.url("/health/ready"), timeout=5).status_code
 
 
+def wait_for_a_replicated_checkpoint(leader: Gateway) -> None:
+    """Until the leader has committed a checkpoint of its own through the cluster: a leader killed
+    before that leaves its successor only what the leader before it replicated (nothing, at first)."""
+    wait_for(lambda: leader.metric("savegress_ha_checkpoint_replications_total") >= 1, 30,
+             "the leader to replicate a checkpoint")
+    assert leader.metric("savegress_ha_leader") == 1
+
+
 def finish(nodes: list[Gateway], timeout: float) -> Gateway:
     """Wait for the node that finishes the stream (exits 0), stop the others; return it."""
     finished = wait_for(lambda: next((n for n in nodes if n.process.poll() == 0), None), timeout,
@@ -134,7 +142,9 @@ def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> Non
         assert [written(n) for n in nodes if n is not leader] == [[], []], "a node that does not lead delivered"
         wait_for(lambda: ready(leader) == 200, 15, "the leader to report ready (its children's boot messages)")
         assert [ready(n) for n in nodes if n is not leader] == [503, 503], "a standby node reports ready"
+        assert [n.metric("savegress_ha_leader") for n in nodes if n is not leader] == [0, 0]
         for kill in range(leader_kills):
+            wait_for_a_replicated_checkpoint(leader)
             delivered = {n: len(written(n)) for n in nodes}
             os.killpg(leader.pid, signal.SIGKILL)
             leader.wait(10)

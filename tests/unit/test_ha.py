@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry, generate_latest
 
 from savegress_gw.errors import ProfileError
 from savegress_gw.ha.leadership import START, STOP, Leadership
+from savegress_gw.ha.metrics import LeadershipCollector
 from savegress_gw.plugins import load_registry
 from savegress_gw.profile import load_profile
 
@@ -123,3 +125,22 @@ def test_a_leader_stops_its_pipeline_when_it_loses_the_lead_or_cannot_commit(nod
     assert lead.tick(running=True) == STOP
     node.commits, node.leading = True, False
     assert lead.tick(running=True) == STOP
+
+
+def test_the_metrics_show_the_leader_and_its_replicated_checkpoints(node: ScriptedNode, tmp_path: Path) -> None:
+    lead = leadership(node, tmp_path)
+    registry = CollectorRegistry()
+    registry.register(LeadershipCollector(lead, "savegress", {"env": "test"}))
+
+    def samples() -> dict[str, float]:
+        return {sample.name: sample.value for family in registry.collect() for sample in family.samples}
+
+    assert samples() == {"savegress_ha_leader": 0.0, "savegress_ha_checkpoint_replications_total": 0.0}
+    node.leading = True
+    assert lead.tick(running=False) == START
+    (tmp_path / "gw.json").write_text('{"position": 7}')
+    assert lead.tick(running=True) is None
+    now = samples()
+    assert now["savegress_ha_leader"] == 1.0 and now["savegress_ha_checkpoint_replications_total"] == 1.0
+    assert 0.0 <= now["savegress_ha_checkpoint_replicated_age_seconds"] < 5.0
+    assert 'savegress_ha_leader{env="test"} 1.0' in generate_latest(registry).decode()
