@@ -25,6 +25,10 @@ SOURCE_SLOT = 0
 """Heartbeat and metrics row of the source process; worker ``i`` uses row ``i + 1``."""
 
 
+RUNNING, SOURCE_STOPPING, SOURCE_DONE = 0, 1, 2
+"""The values of :attr:`ChildArgs.stop_phase`."""
+
+
 @dataclass
 class ChildArgs:
     """Everything a child process needs, picklable for the spawn start method."""
@@ -40,9 +44,11 @@ class ChildArgs:
     """Shared blocks by component kind, for components that declare ``shared_slots``."""
     index: int = -1
     parent_pid: int = 0
-    source_done: Any = None
-    """RawValue set by the supervisor once the source process has exited: only then is a
-    draining worker's ring final (a SIGTERM to the whole process group reaches workers early)."""
+    stop_phase: Any = None
+    """RawValue of the gateway's stop, set by the supervisor: :data:`RUNNING`, then
+    :data:`SOURCE_STOPPING` (workers send what they hold at once, since the source process waits
+    for its in-flight events), then :data:`SOURCE_DONE` (only then is a draining worker's ring
+    final: a SIGTERM to the whole process group reaches workers early)."""
 
 
 @dataclass

@@ -38,7 +38,7 @@ from savegress_gw.metrics import MetricsBlock
 from savegress_gw.plugins import GatewayPluginManager, Registry
 from savegress_gw.profile.model import ProfileBase, Validated
 from savegress_gw.ring import Ring
-from savegress_gw.runtime import SOURCE_SLOT, ChildArgs
+from savegress_gw.runtime import RUNNING, SOURCE_DONE, SOURCE_SLOT, SOURCE_STOPPING, ChildArgs
 from savegress_gw.shared import SharedBlock
 from savegress_gw.status_server import StatusServer
 from savegress_gw.storage.service import storage_sync_for
@@ -81,7 +81,7 @@ class Supervisor:
         self.own_metrics = self.metrics.row(gateway.workers + 1)
         self.heartbeats = self.ctx.RawArray("d", gateway.workers + 1)
         self.messages = self.ctx.Queue()
-        self.source_done = self.ctx.RawValue("b", 0)
+        self.stop_phase = self.ctx.RawValue("b", RUNNING)
         self.rings: list[Ring] = []
         self.shared = self._shared_blocks()
         self.children = [Child("source", SOURCE_SLOT, source_process.main)] + [
@@ -191,7 +191,7 @@ class Supervisor:
 
     def spawn(self, child: Child) -> None:
         args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,
-                         self.messages, self.shared, child.index, os.getpid(), self.source_done)
+                         self.messages, self.shared, child.index, os.getpid(), self.stop_phase)
         self.heartbeats[child.slot] = 0.0
         child.process = self.ctx.Process(target=child.target, args=(args,), name=f"savegress-gw {child.name}",
                                          daemon=False)
@@ -272,8 +272,9 @@ class Supervisor:
         # A halted gateway has a broken child: nothing would settle, so do not wait the full grace period.
         graceful = self.profile.gateway.graceful_timeout if self.exit_status == EXIT_OK else 2.0
         source, workers = self.children[0], self.children[1:]
+        self.stop_phase.value = SOURCE_STOPPING
         self._terminate([source], graceful + 5)
-        self.source_done.value = 1
+        self.stop_phase.value = SOURCE_DONE
         self._terminate(workers, graceful + 5)
         for ring in self.rings:
             ring.close()

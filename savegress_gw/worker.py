@@ -3,8 +3,10 @@
 Nothing heavy happens before the spawn; in the child: registry → profile → components → open →
 ``gw_worker_started`` → loop. A failure before the loop starts exits with
 :data:`~savegress_gw.errors.EXIT_WORKER_BOOT_ERROR` after reporting the reason, and the supervisor
-halts instead of crash-looping. SIGTERM drains: every frame in the ring is batched and sent, and
-the worker exits once all deliveries settled or ``gateway.graceful_timeout`` passed.
+halts instead of crash-looping. Once the gateway stops its source process, the worker sends what
+its batcher holds at once (the source waits for its in-flight events, however long ``batching``
+would hold them). SIGTERM drains: every frame in the ring is batched and sent, and the worker
+exits once all deliveries settled or ``gateway.graceful_timeout`` passed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from savegress_gw.logs import configure_logging
 from savegress_gw.pipeline import Pipeline
 from savegress_gw.pitr import ArchiveWriter, archive_dir, bucket_seconds
 from savegress_gw.ring import Ring
-from savegress_gw.runtime import ChildArgs, ChildRuntime, StopRequest, boot_child, report_boot_error, tune_gc
+from savegress_gw.runtime import (RUNNING, SOURCE_DONE, ChildArgs, ChildRuntime, StopRequest, boot_child,
+                                  report_boot_error, tune_gc)
 
 IDLE_SLEEP_S = 0.0005
 
@@ -179,10 +182,11 @@ def _run(runtime: ChildRuntime, pipeline: Pipeline | TransactionalPipeline, stop
         runtime.beat(now)
         deadline = stop.deadline(now, graceful)
         draining = deadline is not None
-        worked = pipeline.step(now, draining=draining)
+        phase = runtime.args.stop_phase.value
+        worked = pipeline.step(now, draining=draining or phase != RUNNING)
         if archive is not None:
             archive.tick()  # seals the segment whose bucket ended, also when nothing is delivered
-        if draining and ((runtime.args.source_done.value and pipeline.settled()) or now > deadline):
+        if draining and ((phase == SOURCE_DONE and pipeline.settled()) or now > deadline):
             pipeline.finish(max(0.0, deadline - now))
             return
         if runtime.orphaned():

@@ -279,6 +279,20 @@ class HttpSource(Source):
         host = parse_listen(listen)[0] or "127.0.0.1"
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
         self._log.info("http source listening", url=self.url, path=self.config.path)
+        if context.profile is not None:
+            self._warn_if_batches_outwait_requests(context.profile.batching)
+
+    def _warn_if_batches_outwait_requests(self, batching: Any) -> None:
+        """Warn when the batcher may hold events longer than a request waits for them (``mode:
+        time`` with an ``interval`` of minutes, as in the guide's batch profile)."""
+        held = batching.interval if batching.mode == "time" else batching.max_wait
+        if held >= self.config.ack_timeout:
+            setting = "batching.interval" if batching.mode == "time" else "batching.max_wait"
+            self._log.warning(
+                f"{setting} holds events longer than source.ack_timeout: requests are answered 504 "
+                "before their batch goes out (the events are still delivered then, or at shutdown); "
+                "raise source.ack_timeout above it if clients should wait for delivery",
+                held_s=held, ack_timeout_s=self.config.ack_timeout)
 
     def read(self, max_events: int, timeout_s: float) -> SourceBatch | None:
         """The oldest request, whole (whatever ``max_events`` says); ``position`` is its sequence

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "config" / "profiles").glob("*.yaml"))
 QUICKSTART = ROOT / "config" / "quickstart.yaml"
 SHIPPED = PROFILES + [QUICKSTART]
-FULLY_VALID = {"low-latency", "ultra-low-latency", "at-most-once", "batch", "replication", "quickstart"}
+FULLY_VALID = {"low-latency", "streaming", "ultra-low-latency", "at-most-once", "batch", "replication", "quickstart"}
 _HA_KAFKA_PIPELINE = """
 source: {type: generator}
 output: {type: kafka, brokers: ["kafka1:9092"], topic: orders}
