@@ -7,6 +7,9 @@ then in some node's output (at least once), and the new leader did not start ove
 Or the leader's process tree is frozen (SIGSTOP: a hung machine, a long GC or VM pause, a
 partition that heals): another node takes over; when the old leader thaws it must notice it lost
 the cluster and stop its pipeline instead of streaming beside the new leader.
+
+Or only the leader's Raft links are cut (:class:`~tests.harness.raft_links.RaftLinks`) while its
+pipeline still reaches the sink: it must stop by itself, and the majority goes on.
 """
 
 from __future__ import annotations
@@ -20,22 +23,28 @@ import pytest
 import requests
 
 from tests.harness.gateway import Gateway, free_port, wait_for
+from tests.harness.raft_links import RaftLinks
 from tests.harness.verify import file_sink_events, verify_sequences
 
 pytestmark = pytest.mark.slow
 
 
-def node_profile(workdir: Path, index: int, ports: list[int], count: int, rate: int) -> dict[str, Any]:
+def node_profile(workdir: Path, index: int, ports: list[int], count: int, rate: int,
+                 advertised: list[str] | None = None) -> dict[str, Any]:
+    """Node ``index`` of a cluster on ``ports``; with ``advertised`` (relays in front of those
+    ports, :class:`RaftLinks`) the nodes know each other by the relays' addresses."""
     (workdir / "out").mkdir(parents=True, exist_ok=True)
+    cluster = {"node_id": f"node-{index}", "bind_address": f"127.0.0.1:{ports[index]}", "nodes": len(ports),
+               "peers": [f"127.0.0.1:{port}" for port in ports], "election_timeout": "1s"}
+    if advertised is not None:
+        cluster.update(advertise_address=advertised[index], peers=advertised)
     return {
         "gateway": {"id": "ha-gw", "workers": 1, "graceful_timeout": "20s"},
         "source": {"type": "generator", "count": count, "rate": rate, "row_size": 200},
         "output": {"type": "file", "path": str(workdir / "out" / "events.jsonl")},
         "batching": {"max_size": 500, "max_wait": "20ms"},
         "checkpoint": {"interval": "200ms"},
-        "ha": {"enabled": True, "cluster": {
-            "node_id": f"node-{index}", "bind_address": f"127.0.0.1:{ports[index]}", "nodes": len(ports),
-            "peers": [f"127.0.0.1:{port}" for port in ports], "election_timeout": "1s"}},
+        "ha": {"enabled": True, "cluster": cluster},
     }
 
 
@@ -124,6 +133,46 @@ def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_pa
     print(f"frozen leader replaced: {verdict}")
     assert verdict.missing == [], str(verdict)
     assert verdict.duplicates < count // 4, str(verdict)
+    log = leader.stderr()
+    assert "no longer the cluster leader" in log or "did not confirm this leader" in log, log[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goes_on(tmp_path: Path) -> None:
+    """A partition of the leader's Raft port only: its pipeline still reaches the sink, so it
+    must stop by itself (it cannot commit its lease) while the majority elects another leader,
+    which resumes from the replicated checkpoint. Healed, the cut-off node rejoins; its higher term
+    may unseat the new leader once more (pysyncobj has no pre-vote), which replays again."""
+    count, rate = 40_000, 4_000
+    ports = [free_port() for _ in range(3)]
+    links = RaftLinks(ports)
+    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate,
+                                                          links.advertised)).start() for i in range(3)]
+    try:
+        leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
+        wait_for_a_replicated_checkpoint(leader)
+        delivered = {n: len(written(n)) for n in nodes}
+        links.isolate(links.advertised[nodes.index(leader)])
+        successor = wait_for(lambda: leading([n for n in nodes if n is not leader], delivered), 60,
+                             "another node to lead while the old leader is cut off")
+        wait_for(lambda: ready(leader) == 503, 15, "the cut-off leader to stop reporting ready")
+        settled = len(written(leader))
+        successor_before = len(written(successor))
+        wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
+        assert len(written(leader)) == settled, "the cut-off leader still delivers beside the new one"
+        links.heal()
+        finish(nodes, 120)
+    finally:
+        kill_all(nodes)
+        links.close()
+    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    after_the_cut = settled - delivered[leader]
+    resumed_at = written(successor)[delivered[successor]]
+    print(f"cut-off leader delivered {after_the_cut} more, successor resumed at {resumed_at}: {verdict}")
+    assert verdict.missing == [], str(verdict)
+    assert after_the_cut < 4 * rate, "the cut-off leader took more than 4 s to stop its pipeline"
+    assert resumed_at > 1, "the new leader started over instead of resuming"
+    assert verdict.duplicates < count // 2, str(verdict)
     log = leader.stderr()
     assert "no longer the cluster leader" in log or "did not confirm this leader" in log, log[-3000:]
 
