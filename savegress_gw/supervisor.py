@@ -24,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 import multiprocess as mp
@@ -177,12 +178,14 @@ class Supervisor:
 
     def _join_cluster(self) -> Leadership:
         cluster, profile = self.profile.ha.cluster, self.profile
-        node = RaftNode(cluster)
+        checkpoint_file = checkpoint_path(profile.checkpoint, profile.gateway.id)
+        state_dir = Path(cluster.data_dir) if cluster.data_dir else checkpoint_file.with_suffix(".raft")
+        node = RaftNode(cluster, state_dir)
         self.log.info("joined the HA cluster; the pipeline runs on the leader only", node=node.name,
-                      address=node.address)
+                      address=node.address, raft_state=str(state_dir))
         identity = {k: v for k, v in self.profile_data.items() if k not in ("ha", "metrics", "logging")}
         profile_hash = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        leadership = Leadership(node, checkpoint_path(profile.checkpoint, profile.gateway.id), profile_hash,
+        leadership = Leadership(node, checkpoint_file, profile_hash,
                                 cluster.election_timeout, self.log.bind(component="ha"))
         if self.status is not None:
             self.status.registry.register(LeadershipCollector(leadership, profile.metrics.prometheus.namespace,

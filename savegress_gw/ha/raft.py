@@ -6,13 +6,16 @@ write (True), or False when it could not within the timeout (no leader, no major
 A committed write of this node's term also proves that every entry committed before it is applied
 here, so :meth:`RaftNode.get` then sees the cluster's latest value.
 
-The Raft log lives in memory (no journal): a restarted node catches up from the leader. When every
-node is restarted at once the replicated values are gone and the leader falls back to its own
-checkpoint file (:mod:`savegress_gw.ha.leadership`).
+The Raft log, the current term and the vote live in ``state_dir`` (pysyncobj's file journal,
+written through a memory map: it survives a killed process, a machine crash may lose the last
+writes), compacted into a snapshot of the replicated values every ``snapshot_interval`` or 5,000
+entries. So a restarted node, or a whole cluster restarted at once, still has the replicated
+checkpoint.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException
@@ -25,12 +28,17 @@ from savegress_gw.ha.validation import other_nodes, own_address
 class RaftNode:
     """This gateway's node of the cluster described by ``cluster`` (``ha.cluster`` settings)."""
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: Any, state_dir: Path) -> None:
         self.address = own_address(cluster)
         self.name = cluster.node_id or self.address
         self._values = ReplDict()
         election = cluster.election_timeout
+        state_dir.mkdir(parents=True, exist_ok=True)
         conf = SyncObjConf(
+            journalFile=str(state_dir / "journal"),
+            fullDumpFile=str(state_dir / "snapshot"),
+            logCompactionMinTime=cluster.snapshot_interval,
+            useFork=False,  # never fork the supervisor (its threads, its children) to write a snapshot
             bindAddress=cluster.bind_address,
             raftMinTimeout=election,
             raftMaxTimeout=election * 2,

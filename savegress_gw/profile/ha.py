@@ -12,10 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from savegress_gw.profile.settings import Section, not_yet
+from savegress_gw.profile.settings import Section
 from savegress_gw.units import Duration
-
-RaftSnapshotsLater = not_yet("Raft log snapshots: the replicated state is one checkpoint, its log is compacted in memory")
 
 
 class ClusterSettings(Section):
@@ -39,7 +37,12 @@ class ClusterSettings(Section):
     cannot reach a majority keeps running the pipeline."""
     heartbeat_interval: Duration = Field(0.1, gt=0)
     """How often the leader sends Raft heartbeats."""
-    snapshot_interval: RaftSnapshotsLater = None
+    snapshot_interval: Duration = Field(300.0, gt=0)
+    """How often this node compacts its Raft journal into a snapshot of the replicated state (also
+    after 5,000 entries, whichever comes first)."""
+    data_dir: str | None = None
+    """Where this node keeps its Raft journal and snapshot, so a restarted node (or a whole cluster
+    restarted at once) still has the replicated checkpoint (default: ``<checkpoint.dir>/<gateway.id>.raft``)."""
 
 
 class HaSettings(Section):

@@ -177,6 +177,41 @@ def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goe
     assert "no longer the cluster leader" in log or "did not confirm this leader" in log, log[-3000:]
 
 
+@pytest.mark.timeout(240)
+def test_a_whole_cluster_killed_at_once_resumes_from_the_journaled_checkpoint(tmp_path: Path) -> None:
+    """Every node SIGKILLed at once; the two that never led come back first and one of them leads
+    with no checkpoint file of its own: it must resume from the replicated checkpoint its Raft
+    journal kept, not start over."""
+    count, rate = 40_000, 4_000
+    ports = [free_port() for _ in range(3)]
+    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
+             for i in range(3)]
+    try:
+        leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
+        wait_for_a_replicated_checkpoint(leader)
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+        for node in nodes:
+            node.wait(10)
+        delivered = {n: len(written(n)) for n in nodes}
+        standbys = [n for n in nodes if n is not leader]
+        assert not any((n.workdir / "checkpoints" / "ha-gw.json").exists() for n in standbys)
+        for node in standbys:
+            node.start()
+        successor = wait_for(lambda: leading(standbys, delivered), 60, "a standby to lead after the restart")
+        resumed_at = written(successor)[delivered[successor]]
+        leader.start()
+        finish(nodes, 120)
+    finally:
+        kill_all(nodes)
+    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    print(f"whole cluster killed; {successor.workdir.name} resumed at {resumed_at}: {verdict}")
+    assert verdict.missing == [], str(verdict)
+    assert resumed_at > 1, "the new leader started over: the replicated checkpoint did not survive the restart"
+    assert verdict.duplicates < count // 4, str(verdict)
+    assert '"checkpoint": "replicated"' in successor.stderr()
+
+
 def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> None:
     """Three nodes; SIGKILL the leader's process tree ``leader_kills`` times (restarting a killed
     node each time after the first, so a majority stays up); then every event must be in some node's

@@ -59,9 +59,11 @@ def test_a_three_node_cluster_validates(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text("ha:\n  enabled: true\n  cluster:\n    consensus: raft\n    nodes: 3\n"
                     "    bind_address: 0.0.0.0:7000\n    advertise_address: a:7000\n"
-                    "    peers: [a:7000, b:7000, c:7000]\n")
+                    "    peers: [a:7000, b:7000, c:7000]\n    snapshot_interval: 10m\n"
+                    "    data_dir: /var/lib/savegress/raft\n")
     profile = load_profile([path], REGISTRY, env={}).profile
     assert profile.ha.enabled and profile.ha.cluster.peers == ["a:7000", "b:7000", "c:7000"]
+    assert (profile.ha.cluster.snapshot_interval, profile.ha.cluster.data_dir) == (600.0, "/var/lib/savegress/raft")
 
 
 class ScriptedNode:
