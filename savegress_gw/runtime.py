@@ -49,6 +49,11 @@ class ChildArgs:
     :data:`SOURCE_STOPPING` (workers send what they hold at once, since the source process waits
     for its in-flight events), then :data:`SOURCE_DONE` (only then is a draining worker's ring
     final: a SIGTERM to the whole process group reaches workers early)."""
+    leader_lease: Any = None
+    """RawValue (float64, ``time.monotonic()`` clock, shared by every process of the machine):
+    with ``ha.enabled``, the moment until which the cluster has confirmed this node's lead; the
+    supervisor extends it after each commit. Workers deliver nothing past it (a frozen or hung
+    supervisor can no longer tell them to stop). ``inf`` without HA and while stopping."""
 
 
 @dataclass
@@ -73,6 +78,10 @@ class ChildRuntime:
 
     def report(self, kind: str, text: str) -> None:
         self.args.messages.put((kind, self.name, text))
+
+    def lead_confirmed(self, now: float) -> bool:
+        """False once the supervisor's last confirmation of this node's HA lead has expired."""
+        return now <= self.args.leader_lease.value
 
 
 class StopRequest:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import signal
@@ -83,6 +84,7 @@ class Supervisor:
         self.heartbeats = self.ctx.RawArray("d", gateway.workers + 1)
         self.messages = self.ctx.Queue()
         self.stop_phase = self.ctx.RawValue("b", RUNNING)
+        self.leader_lease = self.ctx.RawValue("d", math.inf)
         self.rings: list[Ring] = []
         self.shared = self._shared_blocks()
         self.children = [Child("source", SOURCE_SLOT, source_process.main)] + [
@@ -171,6 +173,7 @@ class Supervisor:
         if self.leadership is None:
             return
         action = self.leadership.tick(self.running)
+        self.leader_lease.value = self.leadership.confirmed_until
         if action == START:
             self.start_pipeline()
         elif action is not None:
@@ -194,7 +197,7 @@ class Supervisor:
 
     def spawn(self, child: Child) -> None:
         args = ChildArgs(self.profile_data, [r.name for r in self.rings], self.heartbeats, self.metrics,
-                         self.messages, self.shared, child.index, os.getpid(), self.stop_phase)
+                         self.messages, self.shared, child.index, os.getpid(), self.stop_phase, self.leader_lease)
         self.heartbeats[child.slot] = 0.0
         child.process = self.ctx.Process(target=child.target, args=(args,), name=f"savegress-gw {child.name}",
                                          daemon=False)
@@ -275,6 +278,7 @@ class Supervisor:
         # A halted gateway has a broken child: nothing would settle, so do not wait the full grace period.
         graceful = self.profile.gateway.graceful_timeout if self.exit_status == EXIT_OK else 2.0
         source, workers = self.children[0], self.children[1:]
+        self.leader_lease.value = math.inf  # a leader that stops drains what it holds (it still leads)
         self.stop_phase.value = SOURCE_STOPPING
         self._terminate([source], graceful + 5)
         self.stop_phase.value = SOURCE_DONE

@@ -65,7 +65,7 @@ def main(args: ChildArgs) -> None:
     tune_gc()
     code = EXIT_OK
     try:
-        _run(runtime, pipeline, stop)
+        _run(runtime, pipeline, stop, log)
     except Exception:
         log.exception("worker failed")
         code = EXIT_FAILURE
@@ -174,16 +174,36 @@ def _event_deadline(runtime: ChildRuntime) -> float | None:
     return strategy.event_deadline() if strategy is not None else None
 
 
-def _run(runtime: ChildRuntime, pipeline: Pipeline | TransactionalPipeline, stop: StopRequest) -> None:
+class LeaseWatch:
+    """Whether this worker may deliver: with ``ha.enabled`` only while the supervisor's latest
+    confirmation of the node's lead holds. Logs when deliveries stop and start again."""
+
+    def __init__(self, runtime: ChildRuntime, log: Any) -> None:
+        self.runtime, self.log = runtime, log
+        self.held_since: float | None = None
+
+    def holds(self, now: float) -> bool:
+        confirmed = self.runtime.lead_confirmed(now)
+        if not confirmed and self.held_since is None:
+            self.held_since = now
+            self.log.warning("the supervisor has not confirmed this node's HA lead in time: holding deliveries")
+        elif confirmed and self.held_since is not None:
+            self.log.info("HA lead confirmed again: delivering", held_s=round(now - self.held_since, 3))
+            self.held_since = None
+        return confirmed
+
+
+def _run(runtime: ChildRuntime, pipeline: Pipeline | TransactionalPipeline, stop: StopRequest, log: Any) -> None:
     graceful = runtime.profile.gateway.graceful_timeout
     archive = pipeline.archive
+    lease = LeaseWatch(runtime, log)
     while True:
         now = time.monotonic()
         runtime.beat(now)
         deadline = stop.deadline(now, graceful)
         draining = deadline is not None
         phase = runtime.args.stop_phase.value
-        worked = pipeline.step(now, draining=draining or phase != RUNNING)
+        worked = lease.holds(now) and pipeline.step(now, draining=draining or phase != RUNNING)
         if archive is not None:
             archive.tick()  # seals the segment whose bucket ended, also when nothing is delivered
         if draining and ((phase == SOURCE_DONE and pipeline.settled()) or now > deadline):

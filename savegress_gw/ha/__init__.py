@@ -9,7 +9,10 @@ and starts the source process and the workers only while its node leads
   earlier committed entry is applied locally), writes the checkpoint the cluster replicated into
   its ``checkpoint.dir``, and only then starts the pipeline, which resumes from it.
 * **Replicating.** While leading, the supervisor replicates the local checkpoint file through Raft
-  whenever the source process rewrote it, and commits a lease entry every ``election_timeout / 2``.
+  whenever the source process rewrote it, and commits a lease entry every ``election_timeout / 4``.
+  Each commit proves that no other node can lead for ``election_timeout`` from its start (the
+  followers wait that long before electing another); the workers deliver only within that lease,
+  so a frozen or hung supervisor cannot leave them streaming beside a new leader.
 * **Standing down.** A leader that loses leadership, or cannot commit within
   ``election_timeout`` (no majority), SIGKILLs its pipeline at once.
 

@@ -3,8 +3,10 @@
 ``tick(running)`` returns :data:`START` when this node just became the confirmed leader (it has
 committed an entry of its own term and written the cluster's checkpoint into its checkpoint file),
 :data:`STOP` when a running leader lost leadership or could not commit within ``election_timeout``
-(a lease entry every half of it, and every new version of the checkpoint file), and None
-otherwise. :meth:`flush` replicates the checkpoint once more before a leader exits.
+(a lease entry every quarter of it, and every new version of the checkpoint file), and None
+otherwise. :attr:`Leadership.confirmed_until` is how long the latest commit proves that no other
+node leads; the supervisor hands it to the workers, which deliver nothing past it.
+:meth:`flush` replicates the checkpoint once more before a leader exits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class Leadership:
         """Checkpoint versions this node committed through the cluster while leading."""
         self.replicated_at: float | None = None
         """Wall-clock time of the last of them (None before the first)."""
+        self.confirmed_until = 0.0
+        """``time.monotonic()`` before which no other node can lead: the start of this node's
+        latest commit plus ``election_timeout`` (followers wait at least that long without
+        hearing from a leader before they elect another)."""
 
     def tick(self, running: bool) -> Action | None:
         if not running:
@@ -62,8 +68,10 @@ class Leadership:
         version = (stat.st_mtime_ns, stat.st_size)
         if version == self._replicated:
             return True
+        started = time.monotonic()
         if not self.node.put(_CHECKPOINT, self.path.read_text(), self.timeout):
             return False
+        self.confirmed_until = started + self.timeout
         self._replicated = version
         self.replications += 1
         self.replicated_at = time.time()
@@ -94,9 +102,11 @@ class Leadership:
         return True
 
     def _commit_lease(self, now: float) -> bool:
+        started = time.monotonic()
         committed = self.node.put(_LEASE, {"node": self.node.name, "at": time.time()}, self.timeout)
         if committed:
-            self._lease_due = now + self.timeout / 2
+            self._lease_due = now + self.timeout / 4
+            self.confirmed_until = started + self.timeout
         return committed
 
     def _write_checkpoint(self, text: str) -> None:

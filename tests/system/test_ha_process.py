@@ -138,6 +138,40 @@ def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_pa
 
 
 @pytest.mark.timeout(240)
+def test_workers_of_a_frozen_supervisor_stop_delivering_when_its_lease_runs_out(tmp_path: Path) -> None:
+    """Only the leader's supervisor is frozen (SIGSTOP; its source process and workers run on):
+    it can renew nothing, so its workers must stop delivering within election_timeout, before
+    another node can lead; thawed, it learns it lost the lead and stops its pipeline."""
+    count, rate = 40_000, 4_000
+    ports = [free_port() for _ in range(3)]
+    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
+             for i in range(3)]
+    try:
+        leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
+        wait_for_a_replicated_checkpoint(leader)
+        os.kill(leader.pid, signal.SIGSTOP)
+        frozen_at = len(written(leader))
+        try:
+            successor = wait_for(lambda: leading([n for n in nodes if n is not leader], {}), 60,
+                                 "another node to lead while the old leader's supervisor is frozen")
+            held = len(written(leader))
+            successor_before = len(written(successor))
+            wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
+            assert len(written(leader)) == held, "the frozen supervisor's workers deliver beside the new leader"
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        wait_for(lambda: ready(leader) == 503, 15, "the thawed old leader to stop its pipeline")
+        finish(nodes, 120)
+    finally:
+        kill_all(nodes)
+    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    print(f"supervisor frozen: its workers delivered {held - frozen_at} more before holding: {verdict}")
+    assert verdict.missing == [], str(verdict)
+    assert held - frozen_at < 2 * rate, "the workers held only after more than 2 s"
+    assert "holding deliveries" in leader.stderr()
+
+
+@pytest.mark.timeout(240)
 def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goes_on(tmp_path: Path) -> None:
     """A partition of the leader's Raft port only: its pipeline still reaches the sink, so it
     must stop by itself (it cannot commit its lease) while the majority elects another leader,

@@ -8,6 +8,7 @@ provoke (a leader that can no longer commit).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,21 @@ def test_the_metrics_show_the_leader_and_its_replicated_checkpoints(node: Script
     assert now["savegress_ha_leader"] == 1.0 and now["savegress_ha_checkpoint_replications_total"] == 1.0
     assert 0.0 <= now["savegress_ha_checkpoint_replicated_age_seconds"] < 5.0
     assert 'savegress_ha_leader{env="test"} 1.0' in generate_latest(registry).decode()
+
+
+def test_each_commit_extends_the_lease_the_workers_deliver_under(node: ScriptedNode, tmp_path: Path) -> None:
+    lead = leadership(node, tmp_path)
+    assert lead.confirmed_until == 0.0, "no lease before leading"
+    node.leading = True
+    before = time.monotonic()
+    assert lead.tick(running=False) == START
+    first = lead.confirmed_until
+    assert before + 1.0 <= first <= time.monotonic() + 1.0, "a commit's start plus election_timeout"
+    time.sleep(0.3)  # past the lease period (a quarter of election_timeout)
+    assert lead.tick(running=True) is None
+    assert lead.confirmed_until > first + 0.25, "the lease entry renewed it"
+    renewed = lead.confirmed_until
+    node.commits = False
+    time.sleep(0.3)
+    assert lead.tick(running=True) == STOP
+    assert lead.confirmed_until == renewed, "a failed commit extends nothing"
