@@ -96,7 +96,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     from savegress_gw.supervisor import run_gateway
 
     pm, registry, validated = _load(args)
-    return run_gateway(validated, registry, pm)
+    return run_gateway(validated, registry, pm,
+                       reload=lambda: load_profile(args.config, registry, flags=_flags(args)))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -11,6 +11,11 @@ every event it handed out is acknowledged, then the workers drain what is left a
 With ``ha.enabled`` the supervisor joins the cluster first and runs the source process and the
 workers only while its node leads (:mod:`savegress_gw.ha`): it starts them when
 :class:`~savegress_gw.ha.leadership.Leadership` says so and SIGKILLs them when leadership is lost.
+
+SIGHUP reloads: the profile is read again from the same files, flags and environment. An invalid
+one is logged and the gateway goes on with the current one; a valid, changed one makes the
+gateway stop in order (as above) and :func:`run_gateway` then re-executes the same command line in
+the same process (same PID for the service manager), which starts with the new profile.
 """
 
 from __future__ import annotations
@@ -21,18 +26,19 @@ import math
 import os
 import queue
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import multiprocess as mp
 
 from savegress_gw import source_process, worker
 from savegress_gw.checkpoint import checkpoint_path
-from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor
+from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor, ProfileError
 from savegress_gw.ha.leadership import START, Leadership
 from savegress_gw.ha.metrics import LeadershipCollector
 from savegress_gw.ha.raft import RaftNode
@@ -69,9 +75,13 @@ class Supervisor:
     """Runs one gateway until it is stopped, finished or halted; :meth:`run` returns the exit status."""
 
     def __init__(self, profile: ProfileBase, profile_data: dict[str, Any], registry: Registry,
-                 plugins: GatewayPluginManager, log: Any) -> None:
+                 plugins: GatewayPluginManager, log: Any, reload: Callable[[], Validated] | None = None) -> None:
+        """``reload`` reads the profile again (for SIGHUP); without it SIGHUP is ignored with a warning."""
         self.profile, self.profile_data, self.registry, self.log = profile, profile_data, registry, log
         self.plugins = plugins
+        self.reload = reload
+        self.restart_with_new_profile = False
+        """Set by a SIGHUP that found a valid, changed profile: :func:`run_gateway` re-executes."""
         self.ctx = mp.get_context("spawn")
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.alive = True
@@ -212,7 +222,28 @@ class Supervisor:
                 self.log.info("stopping on signal", signal=signal.Signals(signum).name)
                 self.alive = False
             elif signum == signal.SIGHUP:
-                self.log.warning("SIGHUP reload is not implemented yet; restart the gateway to apply a new profile")
+                self.reload_profile()
+
+    def reload_profile(self) -> None:
+        """SIGHUP: stop in order for a restart when the profile changed and is valid; else go on."""
+        if self.reload is None:
+            self.log.warning("SIGHUP: this gateway was not started from profile files; nothing to reload")
+            return
+        try:
+            validated = self.reload()
+        except ProfileError as exc:
+            self.log.error("SIGHUP: the profile is invalid; going on with the current one", problems=exc.problems)
+            return
+        except Exception as exc:  # a reload must never take the running gateway down
+            self.log.error("SIGHUP: the profile could not be read; going on with the current one",
+                           error=f"{type(exc).__name__}: {exc}")
+            return
+        if validated.data == self.profile_data:
+            self.log.info("SIGHUP: the profile did not change; going on")
+            return
+        self.log.info("SIGHUP: the profile changed and is valid; stopping in order, then restarting with it")
+        self.restart_with_new_profile = True
+        self.alive = False
 
     def handle_messages(self) -> None:
         while True:
@@ -310,12 +341,21 @@ class Supervisor:
 
 
 
-def run_gateway(validated: Validated, registry: Registry, plugins: GatewayPluginManager) -> int:
-    """Configure logging, report the profile's warnings and run a supervisor until it stops."""
+def run_gateway(validated: Validated, registry: Registry, plugins: GatewayPluginManager,
+                reload: Callable[[], Validated] | None = None) -> int:
+    """Configure logging, report the profile's warnings and run a supervisor until it stops; after
+    a SIGHUP with a new valid profile, re-execute this process's command line (never returns then)."""
     from savegress_gw.logs import configure_logging
 
     profile = validated.profile
     log = configure_logging(profile.logging, "supervisor")
     for warning in validated.warnings:
         log.warning("profile", detail=warning)
-    return Supervisor(profile, validated.data, registry, plugins, log).run()
+    supervisor = Supervisor(profile, validated.data, registry, plugins, log, reload)
+    status = supervisor.run()
+    if supervisor.restart_with_new_profile and status == EXIT_OK:
+        log.info("restarting with the new profile", command=sys.orig_argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)
+    return status

@@ -64,6 +64,20 @@ def ready(node: Gateway) -> int:
     return requests.get(node.url("/health/ready"), timeout=5).status_code
 
 
+def start_cluster(tmp_path: Path, ports: list[int], count: int, rate: int,
+                  advertised: list[str] | None = None) -> list[Gateway]:
+    """One gateway per port, each in ``tmp_path/node-<i>``, all streaming the same generator."""
+    return [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate,
+                                                         advertised)).start() for i in range(len(ports))]
+
+
+def only_the_new_leader_delivers(old: Gateway, new: Gateway) -> None:
+    """While ``new`` delivers 2,000 more events, ``old``'s output must not grow."""
+    old_before, new_before = len(written(old)), len(written(new))
+    wait_for(lambda: len(written(new)) > new_before + 2_000, 30, "the new leader to go on")
+    assert len(written(old)) == old_before, "the old leader still delivers beside the new one"
+
+
 def wait_for_a_replicated_checkpoint(leader: Gateway) -> None:
     """Until the leader has committed a checkpoint of its own through the cluster: a leader killed
     before that leaves its successor only what the leader before it replicated (nothing, at first)."""
@@ -104,9 +118,7 @@ def test_soak_ten_leader_kills_with_the_killed_nodes_restarted(tmp_path: Path) -
 @pytest.mark.timeout(240)
 def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_path: Path) -> None:
     count = 40_000
-    ports = [free_port() for _ in range(3)]
-    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, 4_000)).start()
-             for i in range(3)]
+    nodes = start_cluster(tmp_path, [free_port() for _ in range(3)], count, 4_000)
     try:
         leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
         wait_for(lambda: ready(leader) == 200, 15, "the leader to report ready")
@@ -121,10 +133,7 @@ def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_pa
         # election_timeout) and stops its pipeline: its output must stop growing and it must stop
         # reporting ready, while the new leader goes on.
         wait_for(lambda: ready(leader) == 503, 15, "the thawed old leader to stop reporting ready")
-        settled = len(written(leader))
-        successor_before = len(written(successor))
-        wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
-        assert len(written(leader)) == settled, "the thawed old leader still delivers beside the new one"
+        only_the_new_leader_delivers(leader, successor)
         assert leader.process.poll() is None, "the thawed old leader exited instead of standing by"
         assert finish(nodes, 120) is successor
     finally:
@@ -143,9 +152,7 @@ def test_workers_of_a_frozen_supervisor_stop_delivering_when_its_lease_runs_out(
     it can renew nothing, so its workers must stop delivering within election_timeout, before
     another node can lead; thawed, it learns it lost the lead and stops its pipeline."""
     count, rate = 40_000, 4_000
-    ports = [free_port() for _ in range(3)]
-    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
-             for i in range(3)]
+    nodes = start_cluster(tmp_path, [free_port() for _ in range(3)], count, rate)
     try:
         leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
         wait_for_a_replicated_checkpoint(leader)
@@ -155,9 +162,7 @@ def test_workers_of_a_frozen_supervisor_stop_delivering_when_its_lease_runs_out(
             successor = wait_for(lambda: leading([n for n in nodes if n is not leader], {}), 60,
                                  "another node to lead while the old leader's supervisor is frozen")
             held = len(written(leader))
-            successor_before = len(written(successor))
-            wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
-            assert len(written(leader)) == held, "the frozen supervisor's workers deliver beside the new leader"
+            only_the_new_leader_delivers(leader, successor)
         finally:
             os.kill(leader.pid, signal.SIGCONT)
         wait_for(lambda: ready(leader) == 503, 15, "the thawed old leader to stop its pipeline")
@@ -180,8 +185,7 @@ def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goe
     count, rate = 40_000, 4_000
     ports = [free_port() for _ in range(3)]
     links = RaftLinks(ports)
-    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate,
-                                                          links.advertised)).start() for i in range(3)]
+    nodes = start_cluster(tmp_path, ports, count, rate, links.advertised)
     try:
         leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
         wait_for_a_replicated_checkpoint(leader)
@@ -191,9 +195,7 @@ def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goe
                              "another node to lead while the old leader is cut off")
         wait_for(lambda: ready(leader) == 503, 15, "the cut-off leader to stop reporting ready")
         settled = len(written(leader))
-        successor_before = len(written(successor))
-        wait_for(lambda: len(written(successor)) > successor_before + 2_000, 30, "the new leader to go on")
-        assert len(written(leader)) == settled, "the cut-off leader still delivers beside the new one"
+        only_the_new_leader_delivers(leader, successor)
         links.heal()
         finish(nodes, 120)
     finally:
@@ -217,9 +219,7 @@ def test_a_whole_cluster_killed_at_once_resumes_from_the_journaled_checkpoint(tm
     with no checkpoint file of its own: it must resume from the replicated checkpoint its Raft
     journal kept, not start over."""
     count, rate = 40_000, 4_000
-    ports = [free_port() for _ in range(3)]
-    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
-             for i in range(3)]
+    nodes = start_cluster(tmp_path, [free_port() for _ in range(3)], count, rate)
     try:
         leader = wait_for(lambda: leading(nodes, {}), 60, "one node to lead and deliver")
         wait_for_a_replicated_checkpoint(leader)
@@ -250,9 +250,7 @@ def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> Non
     """Three nodes; SIGKILL the leader's process tree ``leader_kills`` times (restarting a killed
     node each time after the first, so a majority stays up); then every event must be in some node's
     output, and each new leader must have resumed instead of starting over."""
-    ports = [free_port() for _ in range(3)]
-    nodes = [Gateway(tmp_path / f"node-{i}", node_profile(tmp_path / f"node-{i}", i, ports, count, rate)).start()
-             for i in range(3)]
+    nodes = start_cluster(tmp_path, [free_port() for _ in range(3)], count, rate)
     delivered: dict[Gateway, int] = {}
     replayed_from: list[int] = []
     try:
