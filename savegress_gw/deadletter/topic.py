@@ -40,6 +40,7 @@ from structlog.typing import FilteringBoundLogger
 from savegress_gw.deadletter.records import DeadLetter
 from savegress_gw.envelope import now_iso
 from savegress_gw.errors import GatewayError
+from savegress_gw.kafka.errors import settling
 from savegress_gw.kafka.headers import HEADER_EVENT_ID, HEADER_OPERATION, HEADER_TABLE, HEADER_TIMESTAMP
 from savegress_gw.kafka.topics import TopicOptions, create_topic
 
@@ -54,6 +55,7 @@ MARKERS_SUFFIX = ".removed"
 """The removal markers of topic ``T`` are in topic ``T.removed``."""
 _RECORD_ID = re.compile(r"p(\d+):(\d+)")
 _LABEL = "kafka dead-letter topic"
+_RETRY_PAUSE_S = 0.1
 
 
 class TopicStoreError(GatewayError):
@@ -292,16 +294,24 @@ class TopicStore:
                 error = found.error.str() if found is not None and found.error is not None else "unknown topic"
                 raise TopicStoreError(f"{_LABEL}: cannot read topic {topic!r} on "
                                       f"{self._conf.get('bootstrap.servers')}: {error}")
-            ranges = {}
-            for partition in sorted(found.partitions):
-                try:
-                    ranges[partition] = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=self._timeout, cached=False)
-                except KafkaException as exc:
-                    raise TopicStoreError(f"{_LABEL}: no offsets for {topic}[{partition}]: {exc}") from None
-            return ranges
+            deadline = time.monotonic() + self._timeout
+            return {partition: self._watermarks(consumer, TopicPartition(topic, partition), deadline)
+                    for partition in sorted(found.partitions)}
         finally:
             consumer.close()
+
+    def _watermarks(self, consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+        """(low, high) of one partition, asking again on retriable errors until ``deadline``: a topic
+        created a moment ago answers NOT_LEADER_FOR_PARTITION until its leader is known."""
+        while True:
+            try:
+                return consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()),
+                                                      cached=False)
+            except KafkaException as exc:
+                if not settling(exc) or time.monotonic() >= deadline:
+                    raise TopicStoreError(f"{_LABEL}: no offsets for {partition.topic}[{partition.partition}]: "
+                                          f"{exc}") from None
+                time.sleep(_RETRY_PAUSE_S)
 
     def _read(self, topic: str, ranges: dict[int, tuple[int, int]]) -> Iterator[tuple[int, int, Any]]:
         """Every record of ``topic`` within ``ranges``, partition by partition in offset order."""

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from savegress_gw.errors import GatewayError
 from savegress_gw.exactly_once.frames import SINGLE_LANE
-from savegress_gw.kafka.errors import describe
+from savegress_gw.kafka.errors import describe, settling
 
 VERSION = 1
 PROGRESS_LOG_S = 5.0
@@ -103,11 +103,6 @@ def read_checkpoints(conf: dict[str, Any], topic: str, timeout_s: float, log: An
         reader.close()
 
 
-_SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                       KafkaError.UNKNOWN_TOPIC_OR_PART})
-"""Errors of a topic that was just created, until its partitions have leaders everywhere."""
-
-
 def _end_offsets(client: Consumer, topic: str, timeout_s: float) -> dict[int, int] | None:
     """Partition → high watermark of ``topic`` (None when it does not exist). Retriable errors (a topic
     another worker just created has no partition leader yet: ``NOT_LEADER_FOR_PARTITION``) are retried
@@ -121,9 +116,7 @@ def _end_offsets(client: Consumer, topic: str, timeout_s: float) -> dict[int, in
             return {p: client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
                     for p in partitions}
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            settling = error is not None and (error.retriable() or error.code() in _SETTLING)
-            if not settling or time.monotonic() > deadline:
+            if not settling(exc) or time.monotonic() > deadline:
                 raise CheckpointTopicError(f"checkpoint topic {topic!r}: cannot read its end offsets: "
                                            f"{describe(exc)}") from None
             time.sleep(0.2)

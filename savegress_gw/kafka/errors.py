@@ -25,6 +25,16 @@ REJECTED_CODES = frozenset(code for code in (
 """Delivery errors that no retry can fix: the events are REJECTED. Every other error is ERRORED (retried)."""
 
 
+_SETTLING_CODES = frozenset({_E.NOT_LEADER_FOR_PARTITION, _E.LEADER_NOT_AVAILABLE, _E.UNKNOWN_TOPIC_OR_PART})
+
+
+def settling(exc: BaseException) -> bool:
+    """True for an error worth asking again shortly: retriable, or one of a topic created a moment
+    ago whose partitions have no leader everywhere yet (NOT_LEADER_FOR_PARTITION and the like)."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in _SETTLING_CODES)
+
+
 class KafkaClientError(GatewayError):
     """A Kafka client could not start or set up its topic: brokers unreachable, authentication or
     TLS failed, a topic missing or not creatable. The message names the brokers or the topic."""

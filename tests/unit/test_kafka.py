@@ -8,16 +8,17 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from savegress_gw.components import Outcome, Status
+from savegress_gw.deadletter.topic import TopicStore, TopicStoreError
 from savegress_gw.kafka.codec import codec_settings, profile_codec
 from savegress_gw.kafka.client_errors import MAX_OPEN_ERRORS, ClientErrors
 from savegress_gw.kafka.connection import Brokers, BrokerWait, SaslOptions, TlsOptions, admin_settings, \
     client_settings, masked, no_callbacks, wait_connected
 from savegress_gw.kafka.delivery import BatchDelivery
-from savegress_gw.kafka.errors import KafkaClientError, describe, status_of
+from savegress_gw.kafka.errors import KafkaClientError, describe, settling, status_of
 from savegress_gw.kafka.logs import LOG_EVERY_S, RateLimitedLog
 from savegress_gw.kafka.partitioning import murmur2, partition_for
 from savegress_gw.kafka.topics import TOPIC_MAX, database_of, template_problem, template_topic, \
@@ -343,3 +344,35 @@ def test_rate_limited_log_counts_what_it_suppressed(monkeypatch: pytest.MonkeyPa
     assert lines == [("broker down", {"code": "_TRANSPORT"}), ("other line", {}),
                      ("broker down", {"code": "_TRANSPORT", "suppressed": 2})]
 
+
+
+def test_settling_errors_are_those_of_a_moment_not_of_a_broken_setup() -> None:
+    assert settling(KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)))
+    assert settling(KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE)))
+    assert not settling(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    assert not settling(ValueError("not a Kafka error"))
+
+
+def test_the_dead_letter_store_asks_again_while_a_new_topic_has_no_partition_leader() -> None:
+    """The CI failure it fixes: a worker booting right after creating the dead-letter topic got
+    NOT_LEADER_FOR_PARTITION for its watermarks and halted the gateway."""
+    class Settling:
+        def __init__(self, failures: int, code: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+            self.failures, self.code, self.calls = failures, code, 0
+
+        def get_watermark_offsets(self, partition: TopicPartition, timeout: float, cached: bool) -> tuple[int, int]:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise KafkaException(KafkaError(self.code))
+            return (0, 7)
+
+    store = TopicStore("gw.dlq", {"bootstrap.servers": "127.0.0.1:9"}, timeout_s=5)
+    consumer = Settling(failures=3)
+    assert store._watermarks(consumer, TopicPartition("gw.dlq", 0), time.monotonic() + 5) == (0, 7)
+    assert consumer.calls == 4
+    with pytest.raises(TopicStoreError, match=r"no offsets for gw.dlq\[0\].*NOT_LEADER"):
+        store._watermarks(Settling(failures=100), TopicPartition("gw.dlq", 0), time.monotonic() + 0.3)
+    denied = Settling(failures=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(TopicStoreError, match="AUTHORIZATION"):
+        store._watermarks(denied, TopicPartition("gw.dlq", 0), time.monotonic() + 5)
+    assert denied.calls == 1, "a permanent error is not asked again"
