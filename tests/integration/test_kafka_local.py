@@ -111,6 +111,7 @@ def test_single_node_round_trip(tmp_path: Path) -> None:
         assert _consume_all(config, "round-trip", len(values)) == values
 
 
+@pytest.mark.soak  # in CI, tests/system kill and restart brokers of the shared 3-node cluster
 def test_three_nodes_survive_sigkill_and_restart(tmp_path: Path) -> None:
     with running_cluster(tmp_path / "kafka3", 3) as cluster:
         config = cluster.client_config()

@@ -159,7 +159,7 @@ def _run(postgres, dbname: str, workdir: Path, total: int, kills: int, duration_
 def test_sigkilled_gateway_loses_no_change_and_never_confirms_early(postgres, pg_database: str,
                                                                      tmp_path: Path) -> None:
     try:
-        _run(postgres, pg_database, tmp_path, total=20_000, kills=5, duration_s=50)
+        _run(postgres, pg_database, tmp_path, total=12_000, kills=4, duration_s=25)
     finally:
         release(postgres, pg_database)
 
