@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from savegress_gw.durable import fsync_directory, write_atomically
 from savegress_gw.errors import GatewayError
@@ -89,6 +89,15 @@ def _order(stem: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2) or 0)
 
 
+def beyond_retention(names: Iterable[str], retention_count: int) -> list[str]:
+    """The names among ``names`` (snapshot names, with or without ``.json``; others are ignored)
+    older than the newest ``retention_count``, newest first, as given."""
+    named = [(name, name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name) for name in names]
+    ordered = sorted(((name, stem) for name, stem in named if _NAME.match(stem)), key=lambda n: _order(n[1]),
+                     reverse=True)
+    return [name for name, _ in ordered[retention_count:]]
+
+
 class StateSnapshots:
     """The state snapshots of one gateway: take (and prune), list, load."""
 
@@ -143,7 +152,7 @@ class StateSnapshots:
 
     def prune(self) -> builtins.list[str]:
         """Delete the oldest snapshots beyond ``retention_count``; returns the names deleted."""
-        doomed = self.list()[self.settings.retention_count:]
+        doomed = beyond_retention(self.list(), self.settings.retention_count)
         for name in doomed:
             try:
                 (self.directory / f"{name}{SUFFIX}").unlink()

@@ -18,6 +18,13 @@ def expired(segments: list[Segment], retention_s: float, granularity: int, now: 
     return [s for s in segments if s.sealed and s.bucket + granularity <= horizon]
 
 
+def expired_names(names: list[str], retention_s: float, granularity: int, now: float) -> list[str]:
+    """The names among ``names`` of sealed segments whose bucket ended before ``now - retention_s``
+    (other names are never expired): the same rule for copies elsewhere, e.g. backup objects."""
+    segments = [segment for segment in map(Segment.parse, map(Path, names)) if segment is not None]
+    return [segment.path.name for segment in expired(segments, retention_s, granularity, now)]
+
+
 def expire(directory: Path, retention_s: float, granularity: int, now: float) -> list[Segment]:
     """Delete the expired sealed segments of ``directory``; return those this call deleted."""
     deleted = []

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from savegress_gw.pitr.layout import bucket_seconds
+from savegress_gw.pitr.retention import expired_names
 from savegress_gw.profile.recovery import StorageSettings
+from savegress_gw.state_snapshots import beyond_retention
 from savegress_gw.storage.backend import Backend
 
 NOT_READY_SUFFIXES = (".tmp", ".open")
@@ -39,6 +42,9 @@ class SyncRoot:
     enabled: bool
     """The feature writing this directory is on: only then does a sync upload and delete here
     (a restore fetches every root)."""
+    expired: Callable[[list[str], float], list[str]] | None = None
+    """The names among the given object names that the profile's retention has expired at the
+    given Unix time, whoever uploaded them (e.g. the HA node that led before this one)."""
 
     def key(self, name: str) -> str:
         return self.remote_prefix + name
@@ -62,9 +68,12 @@ def roots_for(profile: Any) -> list[SyncRoot]:
     gateway_id = profile.gateway.id
     storage: StorageSettings = profile.storage
     prefix = (storage.s3.prefix if storage.backend == "s3" else "") + f"{gateway_id}/"
-    snapshot = profile.snapshot
+    snapshot, pitr = profile.snapshot, profile.pitr
+    granularity = bucket_seconds(pitr.granularity)
     return [
         SyncRoot("snapshots", Path(snapshot.dir) / gateway_id, prefix + "snapshots/",
-                 bool(snapshot.enabled and snapshot.interval is not None)),
-        SyncRoot("pitr", Path(profile.pitr.storage_dir) / gateway_id, prefix + "pitr/", bool(profile.pitr.enabled)),
+                 bool(snapshot.enabled and snapshot.interval is not None),
+                 lambda names, now: beyond_retention(names, snapshot.retention_count)),
+        SyncRoot("pitr", Path(pitr.storage_dir) / gateway_id, prefix + "pitr/", bool(pitr.enabled),
+                 lambda names, now: expired_names(names, pitr.retention, granularity, now)),
     ]

@@ -12,6 +12,10 @@ Contracts:
   directory had are kept in its hidden file :data:`SEEN_FILE` (updated by every sync and restore).
   So a new host with empty directories (before ``storage restore``), or an HA node that never
   led, never deletes another host's backups; objects it never had are counted as ``foreign``.
+  Except when the profile's retention rule itself has expired them (:attr:`SyncRoot.expired`:
+  archive segments older than ``pitr.retention``, snapshots beyond the newest
+  ``snapshot.retention_count``): those are deleted whoever uploaded them, so the objects of an
+  HA node that led before this one do not pile up for ever.
 - **Failure**: the first backend error ends the pass with :class:`StorageError` (nothing is
   retried within a pass; the caller retries on its next interval). What was uploaded or deleted
   before it stays done, and is counted in the error's ``partial`` result.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +119,9 @@ class Syncer:
                 continue
             result.uploaded += 1
             result.uploaded_bytes += size
-        gone = sorted(name for name in remote if name not in local and name in seen)
-        result.foreign += sum(1 for name in remote if name not in local and name not in seen)
+        expired = set(root.expired(sorted(remote), time.time())) if root.expired else set()
+        gone = sorted(name for name in remote if name not in local and (name in seen or name in expired))
+        result.foreign += sum(1 for name in remote if name not in local and name not in seen and name not in expired)
         if gone:
             self.backend.delete(root.key(name) for name in gone)
             result.deleted += len(gone)

@@ -303,6 +303,35 @@ def test_roots_and_service_from_a_profile(tmp_path: Path) -> None:
     assert storage_sync_for(validate_profile({**data, "storage": {}}, load_registry()).profile, ListLog()) is None
 
 
+def test_objects_another_node_uploaded_are_deleted_once_the_profile_retention_expires_them(tmp_path: Path) -> None:
+    """After an HA failover the old leader's objects are foreign here (never in this directory):
+    kept, except what the profile's own retention rule has expired (snapshots beyond
+    ``retention_count``, archive segments older than ``pitr.retention``)."""
+    data = yaml.safe_load(profile_file(tmp_path).read_text())
+    data["snapshot"]["retention_count"] = 2
+    data["pitr"].update(retention="1h", granularity="1m")
+    profile = validate_profile(data, load_registry()).profile
+    backend = LocalBackend(str(tmp_path / "backup"))
+    old_leader = tmp_path / "old-leader"
+    hour_ago = time.time() - 3600
+    stale = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(hour_ago - 600))}-w0-0.jsonl.zst"
+    recent = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(hour_ago + 600))}-w0-0.jsonl.zst"
+    for name in ("20260101T000000Z.json", "20260101T010000Z.json", "20260101T020000Z.json"):
+        backend.upload(write(old_leader / name, b"{}"), f"gw/snapshots/{name}")
+    for name in (stale, recent, "not-a-segment.zst"):
+        backend.upload(write(old_leader / name, b"x"), f"gw/pitr/{name}")
+    snapshots, pitr = roots_for(profile)
+    write(snapshots.local_dir / "20260101T030000Z.json", b"{}")  # this node's first snapshot
+
+    first = Syncer(backend, [snapshots, pitr]).sync_once()
+    assert (first.uploaded, first.deleted) == (1, 2), "the stale segment and the oldest of 3 snapshots (> 2)"
+    assert set(backend.list("gw/pitr/")) == {f"gw/pitr/{recent}", "gw/pitr/not-a-segment.zst"}
+    second = Syncer(backend, [snapshots, pitr]).sync_once()
+    assert second.deleted == 1, "with this node's snapshot uploaded, one more old one is beyond 2"
+    assert set(backend.list("gw/snapshots/")) == {"gw/snapshots/20260101T020000Z.json",
+                                                  "gw/snapshots/20260101T030000Z.json"}, "the newest 2 remain"
+
+
 def test_cli_sync_and_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = profile_file(tmp_path)
     write(tmp_path / "snapshots" / "gw" / "snapshot-1.json", b"{}")
