@@ -24,7 +24,7 @@ import requests
 
 from tests.harness.gateway import Gateway, free_port, wait_for
 from tests.harness.raft_links import RaftLinks
-from tests.harness.verify import file_sink_events, verify_sequences
+from tests.harness.verify import Verdict, file_sink_events, verify_sequences
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,13 @@ def only_the_new_leader_delivers(old: Gateway, new: Gateway) -> None:
     old_before, new_before = len(written(old)), len(written(new))
     wait_for(lambda: len(written(new)) > new_before + 2_000, 30, "the new leader to go on")
     assert len(written(old)) == old_before, "the old leader still delivers beside the new one"
+
+
+def nothing_missing(nodes: list[Gateway], count: int) -> Verdict:
+    """Assert that each of the ``count`` events is in some node's output; the verdict counts duplicates."""
+    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    assert verdict.missing == [], str(verdict)
+    return verdict
 
 
 def wait_for_a_replicated_checkpoint(leader: Gateway) -> None:
@@ -138,9 +145,8 @@ def test_a_frozen_leader_is_replaced_and_stops_its_pipeline_when_it_thaws(tmp_pa
         assert finish(nodes, 120) is successor
     finally:
         kill_all(nodes)
-    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    verdict = nothing_missing(nodes, count)
     print(f"frozen leader replaced: {verdict}")
-    assert verdict.missing == [], str(verdict)
     assert verdict.duplicates < count // 4, str(verdict)
     log = leader.stderr()
     assert "no longer the cluster leader" in log or "did not confirm this leader" in log, log[-3000:]
@@ -169,9 +175,8 @@ def test_workers_of_a_frozen_supervisor_stop_delivering_when_its_lease_runs_out(
         finish(nodes, 120)
     finally:
         kill_all(nodes)
-    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    verdict = nothing_missing(nodes, count)
     print(f"supervisor frozen: its workers delivered {held - frozen_at} more before holding: {verdict}")
-    assert verdict.missing == [], str(verdict)
     assert held - frozen_at < 2 * rate, "the workers held only after more than 2 s"
     assert "holding deliveries" in leader.stderr()
 
@@ -201,11 +206,10 @@ def test_a_leader_cut_off_from_the_cluster_stops_its_pipeline_and_a_majority_goe
     finally:
         kill_all(nodes)
         links.close()
-    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    verdict = nothing_missing(nodes, count)
     after_the_cut = settled - delivered[leader]
     resumed_at = written(successor)[delivered[successor]]
     print(f"cut-off leader delivered {after_the_cut} more, successor resumed at {resumed_at}: {verdict}")
-    assert verdict.missing == [], str(verdict)
     assert after_the_cut < 4 * rate, "the cut-off leader took more than 4 s to stop its pipeline"
     assert resumed_at > 1, "the new leader started over instead of resuming"
     assert verdict.duplicates < count // 2, str(verdict)
@@ -238,9 +242,8 @@ def test_a_whole_cluster_killed_at_once_resumes_from_the_journaled_checkpoint(tm
         finish(nodes, 120)
     finally:
         kill_all(nodes)
-    verdict = verify_sequences([seq for node in nodes for seq in written(node)], count)
+    verdict = nothing_missing(nodes, count)
     print(f"whole cluster killed; {successor.workdir.name} resumed at {resumed_at}: {verdict}")
-    assert verdict.missing == [], str(verdict)
     assert resumed_at > 1, "the new leader started over: the replicated checkpoint did not survive the restart"
     assert verdict.duplicates < count // 4, str(verdict)
     assert '"checkpoint": "replicated"' in successor.stderr()
@@ -274,10 +277,8 @@ def run_cluster(tmp_path: Path, count: int, rate: int, leader_kills: int) -> Non
     finally:
         kill_all(nodes)
 
-    everything = [seq for node in nodes for seq in written(node)]
-    verdict = verify_sequences(everything, count)
+    verdict = nothing_missing(nodes, count)
     print(f"{leader_kills} leader SIGKILLs; new leaders resumed at {replayed_from}: {verdict}")
-    assert verdict.missing == [], str(verdict)
     assert all(first > 1 for first in replayed_from), "a new leader started over instead of resuming"
     assert verdict.duplicates < count // 4, "new leaders replayed far more than since the last checkpoint"
     log = finished.stderr()
