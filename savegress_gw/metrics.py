@@ -62,6 +62,8 @@ CATALOG = (
     MetricSpec("events_archived_total", "counter",
                "Point-in-time recovery: delivered events appended to the archive."),
     MetricSpec("archive_segments_sealed_total", "counter", "Point-in-time recovery: archive segments sealed."),
+    MetricSpec("ha_delivery_holds_total", "counter",
+               "HA: times a worker held its deliveries because the supervisor's confirmation of the lead expired."),
     MetricSpec("compression_bytes_in_total", "counter", "Bytes given to the gateway compressor.", "algorithm",
                ENCODINGS),
     MetricSpec("compression_bytes_out_total", "counter", "Bytes the gateway compressor produced.", "algorithm",

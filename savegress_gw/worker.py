@@ -176,7 +176,8 @@ def _event_deadline(runtime: ChildRuntime) -> float | None:
 
 class LeaseWatch:
     """Whether this worker may deliver: with ``ha.enabled`` only while the supervisor's latest
-    confirmation of the node's lead holds. Logs when deliveries stop and start again."""
+    confirmation of the node's lead holds. Logs when deliveries stop and start again, and counts
+    each stop in ``ha_delivery_holds_total``."""
 
     def __init__(self, runtime: ChildRuntime, log: Any) -> None:
         self.runtime, self.log = runtime, log
@@ -186,6 +187,7 @@ class LeaseWatch:
         confirmed = self.runtime.lead_confirmed(now)
         if not confirmed and self.held_since is None:
             self.held_since = now
+            self.runtime.metrics.inc("ha_delivery_holds_total")
             self.log.warning("the supervisor has not confirmed this node's HA lead in time: holding deliveries")
         elif confirmed and self.held_since is not None:
             self.log.info("HA lead confirmed again: delivering", held_s=round(now - self.held_since, 3))

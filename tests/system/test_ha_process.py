@@ -172,6 +172,7 @@ def test_workers_of_a_frozen_supervisor_stop_delivering_when_its_lease_runs_out(
         finally:
             os.kill(leader.pid, signal.SIGCONT)
         wait_for(lambda: ready(leader) == 503, 15, "the thawed old leader to stop its pipeline")
+        assert leader.metric("savegress_ha_delivery_holds_total") >= 1
         finish(nodes, 120)
     finally:
         kill_all(nodes)
