@@ -38,7 +38,9 @@ import multiprocess as mp
 
 from savegress_gw import source_process, worker
 from savegress_gw.checkpoint import checkpoint_path
-from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, HaltSupervisor, ProfileError
+from savegress_gw.deadletter.gauge import DeadLetterGauge
+from savegress_gw.deadletter.stores import profile_store
+from savegress_gw.errors import EXIT_FAILURE, EXIT_OK, EXIT_WORKER_BOOT_ERROR, GatewayError, HaltSupervisor, ProfileError
 from savegress_gw.ha.leadership import START, Leadership
 from savegress_gw.ha.metrics import LeadershipCollector
 from savegress_gw.ha.raft import RaftNode
@@ -101,11 +103,25 @@ class Supervisor:
             Child(f"worker-{i}", i + 1, worker.main, index=i) for i in range(gateway.workers)
         ]
         self.status = StatusServer(profile, self.metrics, self.children) if profile.metrics.enabled else None
+        self.dlq_gauge = self._dead_letter_gauge()
         self.storage = storage_sync_for(profile, log, self.status.registry if self.status else None,
                                         active=lambda: self.running)
         self.leadership: Leadership | None = None
         self.running = False
         """The source process and the workers are up (always, unless ``ha.enabled`` and not leading)."""
+
+    def _dead_letter_gauge(self) -> DeadLetterGauge | None:
+        """The ``dlq_entries`` gauge on the status server, when there is one and a queue to count."""
+        if self.status is None or self.profile.selected("dlq") is None:
+            return None
+        try:
+            store = profile_store(self.profile, self.registry, self.log.bind(component="dlq"))
+        except GatewayError:
+            return None  # a queue that offers no store cannot be counted
+        metrics = self.profile.metrics
+        gauge = DeadLetterGauge(store, metrics.prometheus.namespace, metrics.labels, self.log.bind(component="dlq"))
+        self.status.registry.register(gauge)
+        return gauge
 
     def _ring_bytes(self) -> int:
         gateway, pool = self.profile.gateway, self.profile.buffer.pool
@@ -141,6 +157,8 @@ class Supervisor:
                 self.start_pipeline()
             if self.storage is not None:
                 self.storage.start()
+            if self.dlq_gauge is not None:
+                self.dlq_gauge.start()
             while self.alive:
                 wait([c.process.sentinel for c in self.children if c.process], timeout=0.25)
                 self.handle_signals()
@@ -318,6 +336,8 @@ class Supervisor:
             ring.close()
         if self.storage is not None:
             self.storage.stop()  # the last backup pass, after the pipeline stopped
+        if self.dlq_gauge is not None:
+            self.dlq_gauge.stop()
         if self.leadership is not None:
             if self.running and not self.leadership.flush():
                 self.log.warning("the last checkpoint was not replicated; the next leader replays from the one before")

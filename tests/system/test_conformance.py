@@ -398,6 +398,28 @@ def test_poison_events_are_parked_listed_shown_replayed_and_purged(tmp_path: Pat
     assert set(range(1, second + 1)) - set(range(first + 50, second + 1, 50)) == books.union
 
 
+def test_the_dlq_size_gauge_follows_parking_and_a_purge(tmp_path: Path, launch: Launch) -> None:
+    """``savegress_dlq_entries`` (the guide's "DLQ size" alert) counts what is parked while the
+    gateway runs, and drops when the ``dlq`` command purges it."""
+    with FlakyReceiver(reject=poison_every(50)) as receiver:
+        profile = base_profile(tmp_path, receiver, 1_000_000, rate=2_000, dlq=file_dlq(tmp_path),
+                               output=webhook_output(receiver, batch_size=1, timeout="2s"),
+                               batching={"max_size": 20, "max_wait": "10ms"})
+        gateway = launch(profile)
+        try:
+            gateway.wait_ready()
+            wait_for(lambda: gateway.metric("savegress_dlq_entries") >= 20, 40, "20 parked entries to be counted")
+            receiver.reject = None
+            accepted = receiver.count()
+            wait_for(lambda: receiver.count() > accepted + 2_000, 30, "retries in flight to settle")
+            purge = dlq_cli(gateway, "purge", "--older-than", "0s")
+            assert purge.returncode == 0, purge.stdout + purge.stderr
+            wait_for(lambda: gateway.metric("savegress_dlq_entries") == 0, 30, "the gauge to show the purge")
+            assert gateway.metric("savegress_dlq_count_age_seconds") < 15
+        finally:
+            assert gateway.stop() == 0, gateway.stderr()[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. SIGKILL of the supervisor while events are being parked
 
