@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def stdout_sequences(gateway: Gateway) -> list[int]:
             if line.startswith(b"{")]
 
 
-def run_shipped(gateway: Gateway, port: int, delivered: Any) -> None:
+def run_shipped(gateway: Gateway, port: int, delivered: Callable[[], list[int]]) -> None:
+    """Post the events, wait for them, stop; ``delivered`` reads the sequence numbers the sink wrote."""
     try:
         gateway.wait_ready()
         post_events(port, EVENTS)
