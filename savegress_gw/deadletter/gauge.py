@@ -39,8 +39,10 @@ class DeadLetterGauge(Collector):
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the thread to end; a count still running (a Kafka queue that is unreachable) is not
+        waited for beyond a second: the thread is a daemon and dies with the gateway."""
         self._stopping.set()
-        self._thread.join(self.interval + 5)
+        self._thread.join(1.0)
 
     def count_now(self) -> None:
         try:
