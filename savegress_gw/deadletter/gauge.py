@@ -2,7 +2,8 @@
 
 A thread of the supervisor asks the queue's store (:func:`~savegress_gw.deadletter.stores.profile_store`:
 the file queue's segment index, or the Kafka topic with its removal markers) every
-:data:`INTERVAL_S` and keeps the answer; a scrape reads the last one. Replays and purges by the
+:data:`INTERVAL_S`, the first time one interval after start, and keeps the answer; a scrape reads
+the last one (no sample before the first count). Replays and purges by the
 ``dlq`` commands therefore show within one interval. A failed count is logged (once until a count
 succeeds again) and the gauge keeps its last value; ``<ns>_dlq_count_age_seconds`` says how old it is.
 """
@@ -68,6 +69,6 @@ class DeadLetterGauge(Collector):
         yield age
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        # The first count after one interval: by then the workers have created a Kafka queue's topic.
+        while not self._stopping.wait(self.interval):
             self.count_now()
-            self._stopping.wait(self.interval)

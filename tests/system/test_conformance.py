@@ -406,15 +406,16 @@ def test_the_dlq_size_gauge_follows_parking_and_a_purge(tmp_path: Path, launch: 
                                output=webhook_output(receiver, batch_size=1, timeout="2s"),
                                batching={"max_size": 20, "max_wait": "10ms"})
         gateway = launch(profile)
+        entries = metric_probe(gateway, "savegress_dlq_entries")  # no sample before the first count
         try:
             gateway.wait_ready()
-            wait_for(lambda: gateway.metric("savegress_dlq_entries") >= 20, 40, "20 parked entries to be counted")
+            wait_for(lambda: (entries() or 0) >= 20, 40, "20 parked entries to be counted")
             receiver.reject = None
             accepted = receiver.count()
             wait_for(lambda: receiver.count() > accepted + 2_000, 30, "retries in flight to settle")
             purge = dlq_cli(gateway, "purge", "--older-than", "0s")
             assert purge.returncode == 0, purge.stdout + purge.stderr
-            wait_for(lambda: gateway.metric("savegress_dlq_entries") == 0, 30, "the gauge to show the purge")
+            wait_for(lambda: entries() == 0, 30, "the gauge to show the purge")
             assert gateway.metric("savegress_dlq_count_age_seconds") < 15
         finally:
             assert gateway.stop() == 0, gateway.stderr()[-3000:]
