@@ -45,7 +45,7 @@ class DeadLetterGauge(Collector):
         self._stopping.set()
         self._thread.join(1.0)
 
-    def count_now(self) -> None:
+    def _count(self) -> None:
         try:
             self.entries = self.store.count()
         except Exception as exc:  # a queue that cannot be read must not stop the gateway
@@ -71,4 +71,4 @@ class DeadLetterGauge(Collector):
     def _run(self) -> None:
         # The first count after one interval: by then the workers have created a Kafka queue's topic.
         while not self._stopping.wait(self.interval):
-            self.count_now()
+            self._count()

@@ -68,10 +68,8 @@ class Leadership:
         version = (stat.st_mtime_ns, stat.st_size)
         if version == self._replicated:
             return True
-        started = time.monotonic()
-        if not self.node.put(_CHECKPOINT, self.path.read_text(), self.timeout):
+        if not self._commit(_CHECKPOINT, self.path.read_text()):
             return False
-        self.confirmed_until = started + self.timeout
         self._replicated = version
         self.replications += 1
         self.replicated_at = time.time()
@@ -87,7 +85,7 @@ class Leadership:
         if not self._commit_lease(time.monotonic()):
             return False
         previous = self.node.get(_PROFILE)  # read after a commit of this term: every earlier entry is applied
-        if not self.node.put(_PROFILE, self.profile_hash, self.timeout):
+        if not self._commit(_PROFILE, self.profile_hash):
             return False
         if previous not in (None, self.profile_hash):
             self.log.warning("the previous leader ran another profile (profile hashes differ): every node should "
@@ -102,12 +100,19 @@ class Leadership:
         return True
 
     def _commit_lease(self, now: float) -> bool:
-        started = time.monotonic()
-        committed = self.node.put(_LEASE, {"node": self.node.name, "at": time.time()}, self.timeout)
+        committed = self._commit(_LEASE, {"node": self.node.name, "at": time.time()})
         if committed:
             self._lease_due = now + self.timeout / 4
-            self.confirmed_until = started + self.timeout
         return committed
+
+    def _commit(self, key: str, value: Any) -> bool:
+        """Commit ``key = value`` through the cluster; a commit extends :attr:`confirmed_until`
+        to its start plus ``election_timeout``."""
+        started = time.monotonic()
+        if not self.node.put(key, value, self.timeout):
+            return False
+        self.confirmed_until = started + self.timeout
+        return True
 
     def _write_checkpoint(self, text: str) -> None:
         """The cluster's checkpoint as this node's checkpoint file (atomically), before the pipeline starts."""
